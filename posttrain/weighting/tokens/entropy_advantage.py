@@ -1,0 +1,56 @@
+"""Entropy-based advantage shaping of Cheng et al., "Reasoning with Exploration: An Entropy Perspective"."""
+from __future__ import annotations
+
+import torch
+
+from ._common import broadcast_advantages, check_finite, check_range, check_same_shape, clean, valid_of, work_dtype
+
+
+def entropy_advantage(
+    advantages: torch.Tensor,
+    entropies: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    alpha: float = 0.4,
+    kappa: float = 2.0,
+) -> torch.Tensor:
+    """Shaped advantages ``A + min(alpha * H.detach(), |A| / kappa)`` (an advantage, not a weight).
+
+    Paper: Cheng et al., "Reasoning with Exploration: An Entropy Perspective", arXiv 2506.14758 (AAAI 2026),
+    Section 3.2 Eq. 5 (``psi(H) = min(alpha H^detach, |A| / kappa)``, alpha > 0, kappa > 1) and Eq. 6
+    (``A_shaped = A + psi``), spec ``methods.md`` A5a. Verified from the paper's full text (v3), including the
+    one-line placement ``adv += torch.min(alpha * entropy.detach(), adv.abs() / kappa)`` after the (group-
+    normalised) advantages and before the policy loss. [unverified]: no official code was read, so the exact
+    veRL call site and dtype handling are not confirmed; we follow the paper's formula literally.
+
+    Defaults: ``alpha = 0.4`` (GRPO; the paper uses 0.1 for PPO), ``kappa = 2`` (all experiments).
+
+    Properties and edge cases: the term is added for positive and negative A alike; with ``H >= 0`` it lies in
+    ``[0, |A| / kappa]``, so a negative advantage never changes sign (``A + psi <= A (1 - 1/kappa)``). ``A = 0``
+    (e.g. a group with equal rewards) gives ``psi = 0``. ``H`` is used as given (no clamp at 0; a full-vocab
+    entropy is non-negative up to rounding). A sum that would overflow the dtype saturates at its largest
+    finite value. No batch statistic is involved, so the scope does not matter.
+
+    Args:
+        advantages: [B] or [B, T]. entropies: [B, T] entropies of the **current** policy (the update-time
+            forward, detached), as in the paper's veRL placement. mask: [B, T], nonzero = valid.
+        alpha: >= 0. kappa: > 1 (validated).
+
+    Returns:
+        [B, T] detached float32 (float64 for float64 input) shaped advantages, 0 on padding. NaN/inf inputs at
+        valid positions raise ``ValueError``.
+    """
+    alpha = check_range("alpha", alpha, 0.0)
+    kappa = check_range("kappa", kappa, 1.0, lo_open=True)
+    valid = valid_of(mask)
+    check_same_shape(entropies=entropies, mask=mask)
+    adv = broadcast_advantages(advantages, mask)
+    check_finite("advantages", adv.detach(), valid)
+    check_finite("entropies", entropies.detach(), valid)
+    with torch.no_grad():
+        dt = work_dtype(adv, entropies)
+        a, h = clean(adv, valid, dt), clean(entropies, valid, dt)
+        shaped = a + torch.minimum(alpha * h, a.abs() / kappa)
+        big = torch.finfo(dt).max  # A + |A|/kappa can overflow only for |A| near the dtype's max: saturate
+        shaped = shaped.clamp(min=-big, max=big)
+        return torch.where(valid, shaped, torch.zeros((), dtype=dt, device=shaped.device))
