@@ -1,0 +1,177 @@
+"""Shared helpers for the objective-weighting strategies (pure python/torch; no TRL).
+
+Conventions used by every strategy in :mod:`posttrain.weighting.objectives`:
+
+* ``.weights()`` returns a plain ``list[float]`` of length ``num_objectives`` (JSON-friendly, easy to log as
+  ``reward_weights/<name>``). Unless a strategy documents otherwise it is a valid simplex.
+* ``.state_dict()`` returns ``{"strategy": str, "version": int, "config": {...}, "state": {...}}`` made only of
+  python ``int/float/bool/str/None/list/dict`` so ``json.dumps`` round-trips it exactly (python writes floats with
+  ``repr``, which is lossless). ``load_state_dict`` refuses a state whose strategy or config differs from the object's
+  own config (an exact resume needs the same hyper-parameters); ``from_state_dict`` rebuilds an object from it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+STATE_VERSION = 1
+
+
+def as_float_list(name: str, x: Any, length: Optional[int] = None) -> List[float]:
+    """A 1-D sequence / tensor / array of reals -> ``list[float]``; ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).reshape(-1).tolist()
+    elif hasattr(x, "tolist") and not isinstance(x, (list, tuple)):  # numpy arrays / scalars
+        x = x.tolist()
+        if not isinstance(x, list):
+            x = [x]
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        x = [x]
+    try:
+        out = [float(v) for v in x]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a 1-D sequence of real numbers, got {x!r}") from None
+    bad = sum(1 for v in out if not math.isfinite(v))
+    if bad:
+        raise ValueError(f"{name} has {bad} non-finite value(s); objective weighting needs finite inputs")
+    if length is not None and len(out) != length:
+        raise ValueError(f"{name} must have {length} value(s) (one per objective), got {len(out)}")
+    return out
+
+
+def check_real(name: str, value: Any, *, low: Optional[float] = None, high: Optional[float] = None,
+               low_open: bool = False) -> float:
+    """A finite real scalar within ``[low, high]`` (or ``(low, high]`` with ``low_open``)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if low is not None and (v < low or (low_open and v == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {v}")
+    if high is not None and v > high:
+        raise ValueError(f"{name} must be <= {high}, got {v}")
+    return v
+
+
+def check_int(name: str, value: Any, *, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            if float(value) != int(value):
+                raise ValueError
+            value = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def check_names(names: Optional[Sequence[str]], k: int) -> Optional[List[str]]:
+    if names is None:
+        return None
+    names = [str(n) for n in names]
+    if len(names) != k:
+        raise ValueError(f"names must have {k} entries (one per objective), got {len(names)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"names must be unique, got {names}")
+    return names
+
+
+def normalise_simplex(name: str, w: Sequence[float], *, tol: Optional[float] = None) -> List[float]:
+    """Validate non-negative weights with a positive sum and return them divided by their sum.
+
+    With ``tol`` given the weights must already sum to 1 within ``tol`` (they are still renormalised exactly).
+    """
+    w = as_float_list(name, w)
+    if not w:
+        raise ValueError(f"{name} must not be empty")
+    neg = [v for v in w if v < 0]
+    if neg:
+        raise ValueError(f"{name} must be non-negative, got {w}")
+    s = math.fsum(w)
+    if s <= 0:
+        raise ValueError(f"{name} must have a positive sum, got {w}")
+    if tol is not None and abs(s - 1.0) > tol:
+        raise ValueError(f"{name} must sum to 1 within {tol} (got sum {s!r}: {w})")
+    return [v / s for v in w]
+
+
+def softmax(xs: Sequence[float]) -> List[float]:
+    """Numerically stable softmax of finite-or--inf python floats (at least one finite)."""
+    m = max(xs)
+    e = [math.exp(x - m) for x in xs]
+    s = math.fsum(e)
+    return [v / s for v in e]
+
+
+class ObjectiveWeighting:
+    """Base class: the contract every objective-weighting strategy follows (see module docstring)."""
+
+    strategy: str = "base"
+    num_objectives: int
+    names: Optional[List[str]]
+
+    # -- to implement -------------------------------------------------------------------------------------------
+    def weights(self) -> List[float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _config(self) -> Dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _get_state(self) -> Dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _set_state(self, state: Dict[str, Any]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------------------------
+    def named_weights(self) -> Dict[str, float]:
+        """``{name: weight}`` (names default to ``"objective_<k>"``), e.g. for ``reward_weights/<name>`` logging."""
+        names = self.names or [f"objective_{k}" for k in range(self.num_objectives)]
+        return dict(zip(names, self.weights()))
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "version": STATE_VERSION,
+            "config": self._config(),
+            "state": self._get_state(),
+        }
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if not isinstance(state_dict, dict) or "state" not in state_dict:
+            raise ValueError("state_dict must be a dict produced by .state_dict()")
+        if state_dict.get("strategy") != self.strategy:
+            raise ValueError(
+                f"state_dict is for strategy {state_dict.get('strategy')!r}, cannot load into {self.strategy!r}"
+            )
+        if state_dict.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported state_dict version {state_dict.get('version')!r} (expected {STATE_VERSION})")
+        mine, theirs = self._config(), state_dict.get("config", {})
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            raise ValueError(
+                f"{self.strategy} state_dict was saved with a different config ({', '.join(diff)}); "
+                f"build the strategy with the saved config (e.g. {type(self).__name__}.from_state_dict) to resume"
+            )
+        self._set_state(state_dict["state"])
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Dict[str, Any]) -> "ObjectiveWeighting":
+        obj = cls(**state_dict["config"])
+        obj.load_state_dict(state_dict)
+        return obj
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._config().items())})"
