@@ -1,0 +1,146 @@
+"""Seeded arithmetic problems ("What is a+b?") with disjoint train / held-out splits and difficulty levels."""
+from __future__ import annotations
+
+from typing import Any
+
+from .common import (
+    DataError,
+    chat_prompt,
+    check_format,
+    check_n,
+    check_opt_str,
+    check_seed,
+    check_split_args,
+    in_split,
+    render_prompt,
+    resolve_tokenizer,
+    sample_indices,
+)
+
+#: operand ranges (inclusive). Base greedy accuracy of SmolLM2-135M-Instruct with the pre-fill (environment.md):
+#: easy ~0.82, medium ~0.38, hard ~0.21.
+LEVELS: dict[str, tuple[int, int]] = {"easy": (1, 9), "medium": (1, 20), "hard": (10, 50)}
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+_COMMUTATIVE = {"+", "*"}
+DEFAULT_INSTRUCTION = "Answer with just the number."
+
+
+def pair_key(a: int, b: int, op: str) -> str:
+    """Split key of a problem. For ``+`` and ``*`` the pair is unordered, so ``3+5`` and ``5+3`` always land in
+    the same split (otherwise the held-out set would contain the training problems with operands swapped)."""
+    if op in _COMMUTATIVE and a > b:
+        a, b = b, a
+    return f"arith|{a}{op}{b}"
+
+
+def split_pairs(low: int, high: int, op: str, split: str, heldout_fraction: float) -> list[tuple[int, int]]:
+    """All ``(a, b)`` with ``low <= a, b <= high`` in ``split``, in a fixed order (before sampling)."""
+    return [
+        (a, b)
+        for a in range(low, high + 1)
+        for b in range(low, high + 1)
+        if in_split(pair_key(a, b, op), split, heldout_fraction)
+    ]
+
+
+def _resolve_range(owner: str, level: str | None, low: int | None, high: int | None) -> tuple[int, int]:
+    if level is not None:
+        if level not in LEVELS:
+            raise DataError(f"{owner}: level must be one of {', '.join(repr(k) for k in LEVELS)}, got {level!r}")
+        if low is not None or high is not None:
+            raise DataError(f"{owner}: give either level or low/high, not both (level={level!r}, low={low}, high={high})")
+        return LEVELS[level]
+    low = 1 if low is None else low
+    high = 20 if high is None else high
+    for name, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise DataError(f"{owner}: {name} must be an integer, got {v!r}")
+    if low < 0 or high < low:
+        raise DataError(f"{owner}: need 0 <= low <= high, got low={low}, high={high}")
+    return low, high
+
+
+def arithmetic_problems(
+    n: int | None = None,
+    *,
+    seed: int = 0,
+    split: str = "train",
+    level: str | None = None,
+    low: int | None = None,
+    high: int | None = None,
+    op: str = "+",
+    heldout_fraction: float = 0.2,
+    format: str = "conversational",
+    prefill: bool = True,
+    system: str | None = None,
+    instruction: str | None = DEFAULT_INSTRUCTION,
+    unique: bool | None = None,
+    tokenizer: Any = None,
+):
+    """``n`` problems "What is a+b?" as a ``datasets.Dataset`` with columns ``prompt``, ``answer`` (str of the
+    exact integer result), ``a``, ``b`` (ints).
+
+    Range: ``level`` (``easy`` 1..9, ``medium`` 1..20, ``hard`` 10..50) or ``low``/``high`` (inclusive; default
+    1..20). ``op``: ``+``, ``-`` or ``*``.
+
+    Splits: each problem is assigned to ``train`` or ``heldout`` by a hash of (a, b, op) — unordered for ``+``/``*``
+    — with about ``heldout_fraction`` of the problems held out. The assignment ignores the seed and the range, so
+    the splits are disjoint for any seeds and any ranges, provided both use the same ``heldout_fraction`` (a larger
+    fraction moves problems from train to held-out). Within a split, ``seed`` drives the sampling.
+    ``unique`` (default: True for ``heldout``, False for ``train``): distinct problems only, so ``n`` may not exceed
+    the split's size (12 held-out problems for ``easy``, 67 for ``medium``, 322 for ``hard`` at 0.2; 24 / 111 / 505
+    at 0.3); with repeats allowed, the split is cycled in shuffled passes. ``n=None``: the whole split, shuffled.
+
+    Formats:
+      * ``conversational`` — ``[user: "What is a+b? Answer with just the number."]`` followed, when
+        ``prefill=True``, by ``[assistant: "a + b = "]``: the model continues the equation, so its first number is
+        the result, not an operand. ``system`` adds a system message first.
+      * ``plain`` — ``"Q: What is a+b? Answer with just the number.\\nA: a + b = "`` (``system`` text first, then a
+        blank line). With ``tokenizer=`` (object or model name), the conversational messages are rendered through
+        the chat template instead (pre-fill continued), giving a plain string prompt for trainers that do not
+        continue a final assistant message (TRL 1.16 GRPO; see :func:`posttrain.data.render_prompt`).
+    """
+    owner = "arithmetic"
+    check_n(owner, n)
+    check_seed(owner, seed)
+    check_split_args(owner, split, heldout_fraction)
+    check_format(owner, format)
+    check_opt_str(owner, "system", system)
+    check_opt_str(owner, "instruction", instruction)
+    if op not in OPS:
+        raise DataError(f"{owner}: op must be one of '+', '-', '*', got {op!r}")
+    if not isinstance(prefill, bool):
+        raise DataError(f"{owner}: prefill must be true or false, got {prefill!r}")
+    if unique is not None and not isinstance(unique, bool):
+        raise DataError(f"{owner}: unique must be true, false or None, got {unique!r}")
+    if tokenizer is not None and format != "plain":
+        raise DataError(f"{owner}: tokenizer= renders the chat template into a plain prompt; use it with format='plain'")
+    low, high = _resolve_range(owner, level, low, high)
+    if unique is None:
+        unique = split == "heldout"
+
+    pairs = split_pairs(low, high, op, split, heldout_fraction)
+    idx = sample_indices(len(pairs), n, seed, unique=unique, owner=owner, what=f"{split} problems in {low}..{high}")
+    tok = resolve_tokenizer(tokenizer)
+    fn = OPS[op]
+
+    prompts, answers, As, Bs = [], [], [], []
+    for i in idx:
+        a, b = pairs[i]
+        question = f"What is {a}{op}{b}?"
+        user = f"{question} {instruction}" if instruction else question
+        lead = f"{a} {op} {b} = "
+        if format == "conversational":
+            prompt: Any = chat_prompt(user, system=system, prefill=lead if prefill else None)
+        elif tok is not None:
+            prompt = render_prompt(chat_prompt(user, system=system, prefill=lead if prefill else None), tok)
+        else:
+            prompt = (f"{system}\n\n" if system else "") + f"Q: {user}\nA: " + (lead if prefill else "")
+        prompts.append(prompt)
+        answers.append(str(fn(a, b)))
+        As.append(a)
+        Bs.append(b)
+
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": prompts, "answer": answers, "a": As, "b": Bs})
