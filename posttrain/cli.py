@@ -1,0 +1,84 @@
+"""``posttrain`` command line: run | validate | recipes.  Thin: parsing and error reporting only.
+
+User-input problems (bad recipe, missing file, unwritable output dir, …) print one line
+``posttrain: error: …`` and exit with code 2 — never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from posttrain.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="posttrain", description="Post-training with reweighting (GRPO / DPO families).")
+    # The deepspeed launcher inserts --local_rank=N before the subcommand (environment.md): accept it here.
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    r = sub.add_parser("run", help="train with a recipe: posttrain run RECIPE [key.path=value ...]")
+    r.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe")
+    r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=5 output.dir=/tmp/x")
+    r.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output.dir")
+    v = sub.add_parser("validate", help="check a recipe (and overrides) without running it")
+    v.add_argument("recipe")
+    v.add_argument("overrides", nargs="*")
+    sub.add_parser("recipes", help="list the shipped recipes")
+    return p
+
+
+def _resolve_recipe_path(arg: str) -> str:
+    from posttrain.recipes.loader import RECIPES_DIR
+
+    if os.path.exists(arg) or arg.endswith((".yaml", ".yml")) or os.sep in arg:
+        return arg
+    shipped = RECIPES_DIR / f"{arg}.yaml"
+    return str(shipped) if shipped.exists() else arg
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    if args.command is None:
+        _parser().print_help()
+        return EXIT_USAGE
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("posttrain: interrupted", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        print(f"posttrain: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _dispatch(args) -> int:
+    from posttrain.recipes import RecipeError, load_recipe, shipped_recipes
+
+    if args.command == "recipes":
+        rows = shipped_recipes()
+        width = max((len(n) for n, _, _ in rows), default=0)
+        for name, desc, _ in rows:
+            print(f"{name:<{width}}  {desc}")
+        return 0
+    path = _resolve_recipe_path(args.recipe)
+    try:
+        recipe = load_recipe(path, args.overrides)
+    except RecipeError as exc:
+        raise UserError(str(exc)) from None
+    if args.command == "validate":
+        print(f"{path}: OK ({recipe.algorithm}, model {recipe.model.name}, {len(recipe.rewards)} reward(s))")
+        return 0
+    from posttrain.run import run_recipe
+
+    run_recipe(recipe, recipe_path=path, overrides=args.overrides, resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

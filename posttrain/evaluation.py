@@ -1,0 +1,83 @@
+"""Greedy before/after evaluation of a policy on held-out prompts with a scoring reward."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Dict, List
+
+import torch
+from tqdm.auto import tqdm
+
+
+def _prompt_text(prompt, tokenizer) -> str:
+    from posttrain.data import render_prompt
+
+    # Same rendering as our GRPO trainer (continues a final assistant message, e.g. "a + b = ").
+    return render_prompt(prompt, tokenizer)
+
+
+@torch.no_grad()
+def generate_greedy(model, tokenizer, prompts: List[Any], *, max_new_tokens: int, batch_size: int,
+                    desc: str = "eval") -> tuple[list[str], list[list[int]]]:
+    """Greedy completions (text without special tokens, and token ids incl. EOS if produced)."""
+    was_training = model.training
+    model.eval()
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    texts, ids_out = [], []
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    device = next(model.parameters()).device
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+            batch = [_prompt_text(p, tokenizer) for p in prompts[start:start + batch_size]]
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                 eos_token_id=eos, temperature=None, top_p=None, top_k=None)
+            for row in out[:, enc["input_ids"].shape[1]:].tolist():
+                if eos in row:  # keep EOS (rewards may check termination), drop padding after it
+                    row = row[: row.index(eos) + 1]
+                ids_out.append(row)
+                texts.append(tokenizer.decode(row, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = old_side
+        model.train(was_training)
+    return texts, ids_out
+
+
+def evaluate(model, tokenizer, dataset, scorer: Callable, *, max_new_tokens: int, batch_size: int,
+             success_threshold: float = 1.0, desc: str = "eval", n_examples: int = 5) -> Dict[str, Any]:
+    """Score greedy completions of ``dataset['prompt']`` with ``scorer`` (a TRL-style reward function).
+
+    Returns ``accuracy`` (fraction with score >= threshold), ``mean_score``, ``n``, ``truncated_fraction``
+    (no EOS within ``max_new_tokens``), ``seconds`` and a few examples.
+    """
+    t0 = time.time()
+    prompts = list(dataset["prompt"])
+    texts, ids = generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size, desc=desc)
+    conversational = bool(prompts) and isinstance(prompts[0], list)
+    completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
+    columns = {k: list(dataset[k]) for k in dataset.column_names if k != "prompt"}
+    scores = scorer(prompts=prompts, completions=completions, completion_ids=ids, **columns)
+    scores = [float("nan") if s is None else float(s) for s in scores]
+    valid = [s for s in scores if math.isfinite(s)]
+    eos = tokenizer.eos_token_id
+    n = len(prompts)
+    return {
+        "accuracy": sum(s >= success_threshold for s in valid) / n if n else 0.0,
+        "mean_score": sum(valid) / len(valid) if valid else None,
+        "n": n,
+        "n_scored": len(valid),
+        "truncated_fraction": sum(1 for r in ids if eos not in r) / n if n else 0.0,
+        "seconds": round(time.time() - t0, 2),
+        "examples": [
+            {"prompt": _short(prompts[i]), "completion": texts[i], "score": scores[i]} for i in range(min(n_examples, n))
+        ],
+    }
+
+
+def _short(prompt) -> str:
+    if isinstance(prompt, list):
+        return " | ".join(f"{m['role']}: {m['content']}" for m in prompt)
+    return str(prompt)

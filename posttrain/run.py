@@ -1,0 +1,211 @@
+"""``posttrain run``: recipe -> model, data, rewards -> trainer -> evaluation, outputs.  Glue only."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import List
+
+import yaml
+
+from posttrain.errors import UserError
+from posttrain.recipes import Recipe
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _is_main() -> bool:
+    return _rank() == 0
+
+
+def configure_threads(recipe: Recipe) -> int:
+    """Intra-op threads: the recipe's value, else the cores divided among this node's processes."""
+    import torch
+
+    n = recipe.model.threads
+    if n is None:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        n = max(1, (os.cpu_count() or 1) // max(1, local_world))
+    torch.set_num_threads(n)
+    return n
+
+
+def prepare_output_dir(recipe: Recipe, resume: bool) -> Path:
+    """Create / check the run directory before anything expensive.  Never clobbers a previous run by accident."""
+    out = Path(recipe.output.dir or Path("runs") / recipe.name).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output.dir '{out}' exists and is not a directory")
+    if _is_main():
+        if out.exists() and any(out.iterdir()) and not resume:
+            if not recipe.output.overwrite:
+                raise UserError(
+                    f"output.dir '{out}' already holds a run; set output.overwrite=true, pass --resume, "
+                    f"or choose another output.dir"
+                )
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(f"output.dir '{out}' is not writable: {exc.strerror}") from None
+        if recipe.output.overwrite and not resume:
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    return out
+
+
+def _build_dataset(spec, where: str):
+    from posttrain.data import DATASETS
+    from posttrain.registry import RegistryError
+
+    try:
+        builder = DATASETS.get(spec.name)
+        return builder(**spec.args)
+    except (RegistryError, TypeError, ValueError, FileNotFoundError, OSError) as exc:
+        raise UserError(f"{where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def _build_rewards(specs, where: str, tokenizer) -> List:
+    from posttrain.registry import RegistryError
+    from posttrain.rewards import build_reward
+
+    fns = []
+    for i, spec in enumerate(specs):
+        args = dict(spec.args)
+        try:
+            fns.append(build_reward(spec.name, args, tokenizer=tokenizer))
+        except (RegistryError, TypeError, ValueError) as exc:
+            raise UserError(f"{where}.{i}: {exc}") from None
+    return fns
+
+
+def build_trl_args(recipe: Recipe, out: Path):
+    import torch
+    from trl import GRPOConfig
+
+    train = dict(recipe.train)
+    on_gpu = torch.cuda.is_available()
+    defaults = {
+        # bf16 is slow on CPUs without bf16 instructions (environment.md); TRL defaults it on.
+        "bf16": on_gpu and torch.cuda.is_bf16_supported(),
+        # Checkpointing made a CPU step ~3x slower for small models (environment.md).
+        "gradient_checkpointing": on_gpu,
+        "use_cpu": not on_gpu,
+        "save_strategy": "no",
+        "disable_tqdm": False,
+    }
+    for k, v in defaults.items():
+        train.setdefault(k, v)
+    train.update(
+        output_dir=str(out / "trainer"),
+        seed=recipe.seed,
+        report_to=recipe.output.report_to or "none",
+        logging_steps=recipe.output.logging_steps,
+    )
+    if recipe.distributed.zero_stage or recipe.distributed.config:
+        from posttrain.distributed import deepspeed_config
+
+        train["deepspeed"] = deepspeed_config(recipe.distributed)
+    try:
+        return GRPOConfig(**train)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"train: {str(exc).splitlines()[0]}") from None
+
+
+def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool = False) -> dict:
+    if recipe.algorithm != "grpo":
+        raise UserError(f"algorithm '{recipe.algorithm}' is not available in this version (only 'grpo')")
+    if recipe.rollout.engine == "vllm":
+        raise UserError("rollout.engine 'vllm' is not wired up yet in this version; use rollout.engine=hf")
+    t_start = time.time()
+    out = prepare_output_dir(recipe, resume)
+    threads = configure_threads(recipe)
+
+    import torch
+    from transformers import set_seed
+
+    from posttrain.evaluation import evaluate
+    from posttrain.models import ModelLoadError, load_model_and_tokenizer
+    from posttrain.reporting import plot_curves, write_json
+    from posttrain.trainers import JsonlMetricsCallback, PosttrainGRPOTrainer
+
+    set_seed(recipe.seed)
+    if _is_main():
+        (out / "recipe.resolved.yaml").write_text(
+            f"# resolved from {recipe_path}" + (f" with {' '.join(overrides)}" if overrides else "") + "\n"
+            + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+        )
+    dtype = getattr(torch, recipe.model.dtype)
+    try:
+        model, tokenizer = load_model_and_tokenizer(recipe.model.name, dtype=dtype, cache_dir=recipe.model.cache_dir,
+                                                    trust_remote_code=recipe.model.trust_remote_code)
+    except ModelLoadError as exc:
+        raise UserError(f"model.name: {exc}") from None
+    train_ds = _build_dataset(recipe.data.train, "data.train")
+    eval_ds = _build_dataset(recipe.data.eval, "data.eval") if recipe.data.eval else None
+    reward_fns = _build_rewards(recipe.rewards, "rewards", tokenizer)
+    scorer = None
+    if eval_ds is not None and recipe.eval.enabled:
+        spec = recipe.eval.reward
+        scorer = _build_rewards([spec], "eval.reward", tokenizer)[0] if spec else reward_fns[0]
+
+    args = build_trl_args(recipe, out)
+    if len(recipe.rewards) > 1 or any(s.weight != 1.0 for s in recipe.rewards):
+        args.reward_weights = [s.weight for s in recipe.rewards]
+
+    ev_kw = dict(max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
+                 success_threshold=recipe.eval.success_threshold)
+    summary: dict = {"recipe": recipe.name, "algorithm": recipe.algorithm, "model": recipe.model.name,
+                     "seed": recipe.seed, "threads": threads, "eval": {}}
+    if scorer is not None and _is_main():
+        summary["eval"]["before"] = evaluate(model, tokenizer, eval_ds, scorer, desc="eval before", **ev_kw)
+        print(f"[posttrain] eval before: accuracy {summary['eval']['before']['accuracy']:.3f} "
+              f"(n={summary['eval']['before']['n']})", flush=True)
+
+    peft_config = None
+    if recipe.model.lora is not None:
+        from peft import LoraConfig
+
+        lora = recipe.model.lora
+        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    metrics_path = out / "metrics.jsonl"
+    if _is_main() and not resume and metrics_path.exists():
+        metrics_path.unlink()
+    trainer = PosttrainGRPOTrainer(
+        model=model,
+        reward_funcs=reward_fns,
+        args=args,
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[JsonlMetricsCallback(metrics_path)],
+        weighting=recipe.weighting,
+    )
+    t_train = time.time()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    summary["train_seconds"] = round(time.time() - t_train, 1)
+    summary["global_step"] = trainer.state.global_step
+    summary["train_metrics"] = {k: v for k, v in result.metrics.items()}
+
+    if _is_main():
+        policy = trainer.model
+        if scorer is not None:
+            summary["eval"]["after"] = evaluate(policy, tokenizer, eval_ds, scorer, desc="eval after", **ev_kw)
+            b, a = summary["eval"].get("before"), summary["eval"]["after"]
+            print(f"[posttrain] eval after: accuracy {a['accuracy']:.3f} (n={a['n']})"
+                  + (f"; before {b['accuracy']:.3f}" if b else ""), flush=True)
+        if recipe.output.save_model:
+            to_save = policy.merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
+            to_save.save_pretrained(out / "model", safe_serialization=True)
+            tokenizer.save_pretrained(out / "model")
+        if recipe.output.plots:
+            plot_curves(metrics_path, out / "training_curves.png", title=f"{recipe.name} ({recipe.model.name})")
+        summary["wall_seconds"] = round(time.time() - t_start, 1)
+        write_json(out / "summary.json", summary)
+        print(f"[posttrain] done in {summary['wall_seconds']:.0f} s -> {out}", flush=True)
+    return summary
