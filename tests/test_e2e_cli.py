@@ -45,3 +45,17 @@ def test_tiny_grpo_with_token_weighting(tmp_path):
     for key in ("weights/mean", "weights/frac_zero", "entropy/p50", "weighting/steer/mean"):
         assert key in row, key
     assert 0.0 < row["weights/frac_zero"] < 1.0
+
+
+@pytest.mark.parametrize("twin", ["steer", "high_entropy", "clip_cov", "kl_cov", "tw"])
+def test_token_weighting_tiny_twins_run(tmp_path, twin):
+    out = tmp_path / twin
+    res = _run("run", f"recipes/tiny_grpo_{twin}.yaml", f"output.dir={out}", "model.threads=1",
+               "eval.enabled=false", "output.save_model=false", "output.plots=false")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "train_runtime" not in r]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] is not None for r in rows)
+    assert "reward" in rows[0]  # with num_iterations=2 TRL logs rollout metrics once per generation
+    if twin != "kl_cov":  # KL-Cov adds a loss term, no token weights
+        assert "weights/mean" in rows[0]

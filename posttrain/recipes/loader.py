@@ -42,6 +42,30 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     return data
 
 
+def _deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _read_with_extends(path: Path, seen: tuple = ()) -> Dict[str, Any]:
+    """``extends: other.yaml`` (relative to the recipe) merges this recipe over another: mappings merge key by
+    key, everything else (lists included) replaces.  Chains are allowed, cycles are an error."""
+    data = _read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise RecipeError(f"{path}: extends: must be a path to another recipe file (got {base!r})")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise RecipeError(f"{path}: extends: '{base}' makes a cycle")
+    if not base_path.exists():
+        raise RecipeError(f"{path}: extends: recipe file '{base_path}' does not exist")
+    return _deep_merge(_read_with_extends(base_path, seen + (path.resolve(),)), data)
+
+
 def parse_override(item: str) -> Tuple[List[str], Any]:
     if "=" not in item:
         raise RecipeError(f"override '{item}' must look like key.path=value (e.g. train.max_steps=5)")
@@ -230,7 +254,7 @@ def _dry_run_token_specs(specs) -> None:
 def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, check_registries: bool = True) -> Recipe:
     """Read, override, validate.  Raises :class:`RecipeError` (one line) on any problem."""
     path = Path(path)
-    data = apply_overrides(_read_yaml(path), list(overrides))
+    data = apply_overrides(_read_with_extends(path), list(overrides))
     source = str(path)
     try:
         recipe = Recipe.model_validate(data)

@@ -115,6 +115,8 @@ class OutputSection(_Strict):
 
 
 class Recipe(_Strict):
+    """(``extends: other.yaml`` at the top of a recipe merges it over another recipe file.)"""
+
     name: Optional[str] = Field(None, description="Run name (default: the recipe file's stem).")
     description: str = Field("", description="One line shown by `posttrain recipes`.")
     seed: int = Field(0, description="Seed for data, sampling and initialisation.")
