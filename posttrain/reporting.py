@@ -58,7 +58,8 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str = "")
         ax.set_title(name)
         ax.set_xlabel("step")
         if not series:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+            why = "not logged (beta = 0: no reference model)" if name == "KL" else "not logged"
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="gray")
         elif len(series) > 1:
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
