@@ -4,6 +4,9 @@ House rule (design.md): a non-finite input is an error with a clear message, nev
 """
 from __future__ import annotations
 
+import math
+from typing import Any, Optional
+
 import torch
 
 
@@ -20,3 +23,34 @@ def check_same_shape(**tensors: torch.Tensor) -> None:
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError("shape mismatch: " + ", ".join(f"{k}={s}" for k, s in shapes.items()))
+
+
+def check_real(name: str, value: Any, *, low: Optional[float] = None, high: Optional[float] = None,
+               low_open: bool = False) -> float:
+    """A finite real scalar within ``[low, high]`` (or ``(low, high]`` with ``low_open``)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if low is not None and (v < low or (low_open and v == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {v}")
+    if high is not None and v > high:
+        raise ValueError(f"{name} must be <= {high}, got {v}")
+    return v
+
+
+def as_float_tensor(name: str, x: Any) -> torch.Tensor:
+    """``torch.as_tensor`` + float dtype (integers/bools become the default float), detached; ``ValueError`` naming
+    ``name`` if any value is non-finite."""
+    t = torch.as_tensor(x)
+    if not torch.is_floating_point(t):
+        t = t.to(torch.get_default_dtype())
+    t = t.detach()
+    check_finite(name, t)
+    return t

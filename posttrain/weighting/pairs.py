@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from posttrain.registry import Registry
+from posttrain.weighting._checks import as_float_tensor as _as_float_tensor
 from posttrain.weighting._checks import check_finite
+from posttrain.weighting._checks import check_real as _check_real
 
 __all__ = [
     "madpo_coefficient",
@@ -37,24 +39,6 @@ PAIR_STRATEGIES = Registry("pair weighting strategy")
 # ----------------------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------------------
-def _as_float_tensor(name: str, x: Any) -> torch.Tensor:
-    """``torch.as_tensor`` + float dtype (integers/bools become float32); raises ``ValueError`` if non-finite."""
-    t = torch.as_tensor(x)
-    if not torch.is_floating_point(t):
-        t = t.to(torch.get_default_dtype())
-    t = t.detach()
-    check_finite(name, t)
-    return t
-
-
-def _check_real(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return v
 
 
 def _logsigmoid(x: torch.Tensor) -> torch.Tensor:

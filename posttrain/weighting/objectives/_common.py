@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from posttrain.weighting._checks import check_real  # noqa: F401 - shared with pairs/sequences
+
 STATE_VERSION = 1
 
 
@@ -39,26 +41,6 @@ def as_float_list(name: str, x: Any, length: Optional[int] = None) -> List[float
     if length is not None and len(out) != length:
         raise ValueError(f"{name} must have {length} value(s) (one per objective), got {len(out)}")
     return out
-
-
-def check_real(name: str, value: Any, *, low: Optional[float] = None, high: Optional[float] = None,
-               low_open: bool = False) -> float:
-    """A finite real scalar within ``[low, high]`` (or ``(low, high]`` with ``low_open``)."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
-        value = value.item()
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if low is not None and (v < low or (low_open and v == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {v}")
-    if high is not None and v > high:
-        raise ValueError(f"{name} must be <= {high}, got {v}")
-    return v
 
 
 def check_int(name: str, value: Any, *, low: int = 1) -> int:
