@@ -13,7 +13,9 @@ PANELS = [
     ("KL", ["kl"]),
     ("loss", ["loss"]),
     ("reward weights", ["reward_weights/"]),
-    ("token weights", ["weights/mean", "weights/min", "weights/max"]),
+    ("token weights", ["weights/mean", "weights/min", "weights/max", "weights/frac_zero"]),
+    ("entropy percentiles", ["entropy/p10", "entropy/p50", "entropy/p90"]),
+    ("weight vs entropy (Pearson r per step)", ["weights/entropy_corr"]),
 ]
 
 

@@ -123,6 +123,9 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
         raise UserError("rollout.engine 'vllm' is not wired up yet in this version; use rollout.engine=hf")
     t_start = time.time()
     out = prepare_output_dir(recipe, resume)
+    if resume and not any((out / "trainer").glob("checkpoint-*")):
+        raise UserError(f"--resume: no checkpoint in '{out / 'trainer'}' (set train.save_steps and "
+                        f"train.save_strategy=steps to write checkpoints)")
     threads = configure_threads(recipe)
 
     import torch

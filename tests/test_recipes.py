@@ -210,3 +210,8 @@ def test_module_entry_point_and_deepspeed_local_rank():
 def test_recipe_docs_are_in_sync_with_the_schema():
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_recipe_docs.py"), "--check"], cwd=ROOT)
     assert res.returncode == 0, "docs/recipes.md is stale: run python scripts/gen_recipe_docs.py"
+
+
+def test_resume_without_checkpoint_is_a_user_error(tmp_path, capsys):
+    code, _, err = _run_cli(capsys, "run", str(TINY), f"output.dir={tmp_path}/r", "--resume")
+    assert code == 2 and "no checkpoint" in err and len(err.strip().splitlines()) == 1
