@@ -30,13 +30,7 @@ NONNEG = st.floats(0, 30, width=32)
 LOGP = st.floats(-60, 0, width=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: intra-op threads only add sync overhead on a shared CPU. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @st.composite
