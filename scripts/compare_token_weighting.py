@@ -103,9 +103,11 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--steps", type=int, default=None, help="override train.max_steps for every run")
     p.add_argument("--runs-dir", default="runs/compare_token_weighting")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra recipe overrides for every run, e.g. model.threads=1 (does not change the budget)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
-    extra = [f"train.max_steps={args.steps}"] if args.steps else []
+    extra = ([f"train.max_steps={args.steps}"] if args.steps else []) + list(args.set)
     base = ROOT / args.runs_dir
     results: dict = {}
     for m in args.methods:
