@@ -1,7 +1,8 @@
 """``posttrain`` command line: run | validate | recipes.  Thin: parsing and error reporting only.
 
 User-input problems (bad recipe, missing file, unwritable output dir, …) print one line
-``posttrain: error: …`` and exit with code 2 — never a traceback.
+``posttrain: error: …`` and exit with code 2 — never a traceback.  A run that stops itself after saving a
+checkpoint (too many failed rewards, repeated non-finite steps) prints ``posttrain: stopped: …``, exit code 3.
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import os
 import sys
 from typing import List, Optional
 
-from posttrain.errors import UserError
+from posttrain.errors import RunStopped, UserError
 
 EXIT_USAGE = 2
+EXIT_STOPPED = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,8 +55,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("posttrain: interrupted", file=sys.stderr)
         return 130
     except UserError as exc:
+        _close_progress_bars()
         print(f"posttrain: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RunStopped as exc:
+        _close_progress_bars()
+        print(f"posttrain: stopped: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
+
+
+def _close_progress_bars() -> None:
+    """Close open tqdm bars now, so that our one-line message is the last line (not a bar redrawn at exit)."""
+    tqdm_mod = sys.modules.get("tqdm")
+    if tqdm_mod is None:
+        return
+    for bar in list(getattr(tqdm_mod.tqdm, "_instances", [])):
+        bar.close()
 
 
 def _dispatch(args) -> int:

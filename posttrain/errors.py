@@ -3,3 +3,8 @@
 
 class UserError(Exception):
     """A problem with the user's input (recipe, files, paths, environment); ``str()`` is a complete one-liner."""
+
+
+class RunStopped(Exception):
+    """Training stopped itself on purpose (too many failed rewards, repeated non-finite steps) after saving a
+    checkpoint; ``str()`` is a complete one-liner.  The CLI prints it and exits with code 3."""

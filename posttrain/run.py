@@ -9,7 +9,7 @@ from typing import List
 
 import yaml
 
-from posttrain.errors import UserError
+from posttrain.errors import RunStopped, UserError
 from posttrain.recipes import Recipe
 
 
@@ -69,18 +69,47 @@ def _build_dataset(spec, where: str):
         raise UserError(f"{where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
-def _build_rewards(specs, where: str, tokenizer) -> List:
+def _build_rewards(specs, where: str, tokenizer, *, safe: bool = False) -> List:
+    """Build the reward callables; ``safe`` wraps each in SafeReward (failures -> missing samples, timeout)."""
     from posttrain.registry import RegistryError
     from posttrain.rewards import build_reward
+    from posttrain.rewards.safe import SafeReward
 
     fns = []
     for i, spec in enumerate(specs):
         args = dict(spec.args)
         try:
-            fns.append(build_reward(spec.name, args, tokenizer=tokenizer))
+            fn = build_reward(spec.name, args, tokenizer=tokenizer)
         except (RegistryError, TypeError, ValueError) as exc:
             raise UserError(f"{where}.{i}: {exc}") from None
+        fns.append(SafeReward(fn, timeout=spec.timeout) if safe else fn)
     return fns
+
+
+def resume_checkpoint(out: Path) -> Path:
+    """The newest *complete* checkpoint of a run (incomplete ones are set aside, never deleted)."""
+    from posttrain.trainers.checkpointing import latest_complete_checkpoint, quarantine_incomplete
+
+    trainer_dir = out / "trainer"
+    if _is_main():
+        for moved in quarantine_incomplete(trainer_dir):
+            print(f"[posttrain] resume: set aside incomplete checkpoint -> {moved}", flush=True)
+    ckpt = latest_complete_checkpoint(trainer_dir)
+    if ckpt is None:
+        raise UserError(f"--resume: no complete checkpoint in '{trainer_dir}' (set train.save_steps to write "
+                        f"checkpoints)")
+    return ckpt
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics rows logged after the checkpoint we resume from (they will be logged again)."""
+    import json
+
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))
 
 
 def build_trl_args(recipe: Recipe, out: Path):
@@ -98,6 +127,8 @@ def build_trl_args(recipe: Recipe, out: Path):
         "save_strategy": "no",
         "disable_tqdm": False,
     }
+    if "save_steps" in train and "save_strategy" not in train:
+        defaults["save_strategy"] = "steps"  # asking for save_steps means asking for checkpoints
     for k, v in defaults.items():
         train.setdefault(k, v)
     train.update(
@@ -123,9 +154,7 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
         raise UserError("rollout.engine 'vllm' is not wired up yet in this version; use rollout.engine=hf")
     t_start = time.time()
     out = prepare_output_dir(recipe, resume)
-    if resume and not any((out / "trainer").glob("checkpoint-*")):
-        raise UserError(f"--resume: no checkpoint in '{out / 'trainer'}' (set train.save_steps and "
-                        f"train.save_strategy=steps to write checkpoints)")
+    ckpt = resume_checkpoint(out) if resume else None
     threads = configure_threads(recipe)
 
     import torch
@@ -150,7 +179,7 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
         raise UserError(f"model.name: {exc}") from None
     train_ds = _build_dataset(recipe.data.train, "data.train")
     eval_ds = _build_dataset(recipe.data.eval, "data.eval") if recipe.data.eval else None
-    reward_fns = _build_rewards(recipe.rewards, "rewards", tokenizer)
+    reward_fns = _build_rewards(recipe.rewards, "rewards", tokenizer, safe=True)
     scorer = None
     if eval_ds is not None and recipe.eval.enabled:
         spec = recipe.eval.reward
@@ -179,6 +208,11 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
     metrics_path = out / "metrics.jsonl"
     if _is_main() and not resume and metrics_path.exists():
         metrics_path.unlink()
+    if _is_main() and ckpt is not None:
+        from posttrain.trainers.checkpointing import checkpoint_step
+
+        _truncate_metrics(metrics_path, checkpoint_step(ckpt))
+        print(f"[posttrain] resuming from {ckpt}", flush=True)
     trainer = PosttrainGRPOTrainer(
         model=model,
         reward_funcs=reward_fns,
@@ -188,10 +222,23 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
         peft_config=peft_config,
         callbacks=[JsonlMetricsCallback(metrics_path)],
         weighting=recipe.weighting,
+        max_reward_failure_fraction=recipe.reliability.max_reward_failure_fraction,
+        max_nonfinite_steps=recipe.reliability.max_nonfinite_steps,
+        diagnostics_dir=out / "diagnostics",
     )
     t_train = time.time()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
     summary["train_seconds"] = round(time.time() - t_train, 1)
+    if trainer.guard.stop_reason is not None:
+        from posttrain.trainers.checkpointing import latest_complete_checkpoint
+
+        saved = latest_complete_checkpoint(out / "trainer")
+        if _is_main():
+            summary.update(stopped=trainer.guard.stop_reason, global_step=trainer.state.global_step,
+                           checkpoint=str(saved) if saved else None)
+            write_json(out / "summary.json", summary)
+        raise RunStopped(f"{trainer.guard.stop_reason}; last good state saved in {saved} "
+                         f"(continue with --resume after fixing the cause)")
     summary["global_step"] = trainer.state.global_step
     summary["train_metrics"] = {k: v for k, v in result.metrics.items()}
 

@@ -35,6 +35,18 @@ def test_overrides_are_typed_and_nested():
     assert r.name == "tiny_grpo"
 
 
+def test_yaml_1_1_exponent_numbers_become_floats():
+    """YAML 1.1 reads 1e-5 (no dot) as a string; TRL would hand the string to the optimizer (a traceback)."""
+    r = load_recipe(TINY, ["train.learning_rate=1e-5"])
+    assert r.train["learning_rate"] == 1e-5 and isinstance(r.train["learning_rate"], float)
+
+
+def test_recipe_name_from_an_odd_file_name_is_sanitised(tmp_path):
+    p = tmp_path / "my recipe (v2).yaml"
+    p.write_text(TINY.read_text())
+    assert load_recipe(p).name == "my_recipe__v2_"
+
+
 def test_apply_overrides_does_not_mutate_input():
     data = {"train": {"a": 1}}
     out = apply_overrides(data, ["train.a=2", "new.key=x"])
@@ -106,24 +118,38 @@ MUTATIONS = [
     ("unknown pair strategy", lambda d: d.update(weighting={"pairs": [{"name": "wpo"}]}), "weighting.pairs.0.name"),
     ("unknown sequence strategy", lambda d: d.update(weighting={"sequences": [{"name": "gtpo"}]}),
      "weighting.sequences.0.name"),
+    ("reward timeout zero", lambda d: d["rewards"][0].update(timeout=0), "rewards.0.timeout"),
+    ("reward timeout text", lambda d: d["rewards"][0].update(timeout="soon"), "rewards.0.timeout"),
+    ("failure fraction > 1", lambda d: d.update(reliability={"max_reward_failure_fraction": 1.5}),
+     "reliability.max_reward_failure_fraction"),
+    ("nonfinite steps 0", lambda d: d.update(reliability={"max_nonfinite_steps": 0}), "reliability.max_nonfinite_steps"),
+    ("unknown reliability key", lambda d: d.update(reliability={"retries": 3}), "reliability.retries"),
+    ("name escapes runs/", lambda d: d.update(name="../../etc"), "name"),
+    ("name with slash", lambda d: d.update(name="a/b"), "name"),
+    ("learning rate text", lambda d: d["train"].update(learning_rate="fast"), "train.learning_rate"),
 ]
 
 
 @pytest.mark.parametrize("desc,mutate,expected", MUTATIONS, ids=[m[0] for m in MUTATIONS])
 def test_bad_recipe_gives_one_line_exit_2(tmp_path, capsys, desc, mutate, expected):
+    """`posttrain run` (not just validate) on a bad recipe whose output.dir holds a previous run and which asks for
+    overwrite: the error comes before anything touches the directory."""
     data = yaml.safe_load(TINY.read_text())
-    data["output"]["dir"] = str(tmp_path / "run")
+    data["output"].update(dir=str(tmp_path / "run"), overwrite=True)
+    previous = tmp_path / "run" / "metrics.jsonl"
+    previous.parent.mkdir()
+    previous.write_text('{"step": 1}\n')
     result = mutate(data)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump([1, 2] if result == "LIST" else data))
-    code, out, err = _run_cli(capsys, "validate", str(path))
+    code, out, err = _run_cli(capsys, "run", str(path))
     assert code == 2, (desc, out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("posttrain: error: ")
     assert expected in lines[0], lines[0]
     assert "Traceback" not in err
-    assert not (tmp_path / "run").exists()
+    assert previous.read_text() == '{"step": 1}\n' and sorted(previous.parent.iterdir()) == [previous]
 
 
 @pytest.mark.parametrize(
@@ -214,4 +240,4 @@ def test_recipe_docs_are_in_sync_with_the_schema():
 
 def test_resume_without_checkpoint_is_a_user_error(tmp_path, capsys):
     code, _, err = _run_cli(capsys, "run", str(TINY), f"output.dir={tmp_path}/r", "--resume")
-    assert code == 2 and "no checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "no complete checkpoint" in err and len(err.strip().splitlines()) == 1

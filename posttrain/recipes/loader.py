@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -144,7 +145,9 @@ def _check_train_section(recipe: Recipe, source: str) -> None:
         except Exception:  # noqa: BLE001 - exotic annotation: TRL itself will check it
             continue
         try:
-            adapter.validate_python(value, strict=False)
+            # Keep the coerced value: YAML reads 1e-5 (no dot) as the *string* '1e-5', which TRL would pass
+            # straight to the optimizer.
+            recipe.train[key] = adapter.validate_python(value, strict=False)
         except ValidationError as exc:
             msg = exc.errors()[0]["msg"]
             raise RecipeError(f"{source}: train.{key}: {msg} (got {value!r})") from None
@@ -261,7 +264,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, check_regist
     except ValidationError as exc:
         raise RecipeError(_format_validation_error(exc, source)) from None
     if recipe.name is None:
-        recipe.name = path.stem
+        recipe.name = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip("._-") or "run"
     _check_train_section(recipe, source)
     if check_registries:
         _check_names(recipe, source)

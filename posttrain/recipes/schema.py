@@ -59,6 +59,9 @@ class RewardSpec(_Strict):
     name: str = Field(..., description="A registered reward (see `posttrain rewards`) or 'pkg.mod:fn'.")
     args: Dict[str, Any] = Field(default_factory=dict, description="Arguments of the reward factory.")
     weight: float = Field(1.0, ge=0.0, description="Fixed objective weight (when no objective strategy is set).")
+    timeout: Optional[float] = Field(
+        60.0, gt=0.0, description="Seconds per reward call before its samples count as failed (null: no limit)."
+    )
 
 
 class StrategySpec(BaseModel):
@@ -105,6 +108,20 @@ class EvalSection(_Strict):
     success_threshold: float = Field(1.0, description="A sample counts as correct when its score >= this.")
 
 
+class ReliabilitySection(_Strict):
+    """What happens when things go wrong during training (docs/reliability.md)."""
+
+    max_reward_failure_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Stop (with a checkpoint) when more than this fraction of a step's "
+        "samples has a failed reward (exception, NaN/inf, wrong length, timeout). Failed samples are always "
+        "left out of the advantages.",
+    )
+    max_nonfinite_steps: int = Field(
+        3, ge=1, description="Stop (with a checkpoint and diagnostics) after this many consecutive steps skipped "
+        "for a non-finite loss or gradient.",
+    )
+
+
 class OutputSection(_Strict):
     dir: Optional[str] = Field(None, description="Run directory (default runs/<recipe name>).")
     overwrite: bool = Field(False, description="Replace an existing run directory instead of refusing.")
@@ -117,7 +134,11 @@ class OutputSection(_Strict):
 class Recipe(_Strict):
     """(``extends: other.yaml`` at the top of a recipe merges it over another recipe file.)"""
 
-    name: Optional[str] = Field(None, description="Run name (default: the recipe file's stem).")
+    name: Optional[str] = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Run name (default: the recipe file's stem); letters, digits, '.', '_', '-' (it names "
+        "runs/<name>, so it can never point outside runs/).",
+    )
     description: str = Field("", description="One line shown by `posttrain recipes`.")
     seed: int = Field(0, description="Seed for data, sampling and initialisation.")
     algorithm: Literal["grpo", "dpo", "reward_model+dpo"] = Field("grpo", description="Training algorithm.")
@@ -131,6 +152,7 @@ class Recipe(_Strict):
         default_factory=dict, description="TRL config fields (GRPOConfig / DPOConfig), passed through after checks."
     )
     eval: EvalSection = Field(default_factory=EvalSection)
+    reliability: ReliabilitySection = Field(default_factory=ReliabilitySection)
     output: OutputSection = Field(default_factory=OutputSection)
 
     @field_validator("train")

@@ -4,28 +4,48 @@ Where the weights enter a step (design.md):
 - token strategies (``weighting.tokens``) run in :meth:`_compute_loss` on the micro-batch (or on all processes'
   micro-batches gathered, ``scope: global``) and reach the loss through :func:`posttrain.losses.policy_loss`;
 - with no token strategy configured the loss is TRL's own ``_compute_loss`` untouched.
+Reliability (docs/reliability.md): rewards wrapped in :class:`posttrain.rewards.safe.SafeReward` report failed
+samples, which are excluded from the advantages here; a :class:`StepGuard` skips steps with a non-finite loss or
+gradient; checkpoints carry posttrain's own state and a completion marker (:class:`CheckpointStateMixin`).
 The formulas live in ``posttrain.weighting`` and ``posttrain.losses``; nothing here computes a weight.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
+from accelerate.utils import gather
 from trl import GRPOTrainer
 from trl.data_utils import is_conversational
 
 from posttrain.data import render_prompt
-from posttrain.errors import UserError
+from posttrain.errors import RunStopped, UserError
 from posttrain.losses import policy_loss
+from posttrain.rewards.safe import SafeReward
+from posttrain.trainers.checkpointing import CheckpointStateMixin
+from posttrain.trainers.guards import StepGuard
 from posttrain.weighting.tokens import TokenBatch, apply_token_strategies, parse_token_specs, token_weight_stats
 from posttrain.weighting.tokens import required_inputs
 
 # TRL loss_type -> our aggregation (TRL's normalisers for gradient accumulation are applied in _aggregate_like_trl)
 _AGGREGATION = {"grpo": "seq_mean_token_mean", "bnpo": "token_mean", "dr_grpo": "dr_grpo", "dapo": "token_mean"}
+logger = logging.getLogger("posttrain.trainers")
 
 
-class PosttrainGRPOTrainer(GRPOTrainer):
-    """TRL's GRPO plus posttrain's reweighting hooks.  With no weighting configured it is exactly TRL's GRPO."""
+class PosttrainGRPOTrainer(CheckpointStateMixin, GRPOTrainer):
+    """TRL's GRPO plus posttrain's reweighting hooks.  With no weighting configured it is exactly TRL's GRPO.
 
-    def __init__(self, *args, weighting=None, **kwargs):
+    Extra keyword arguments: ``weighting`` (the recipe's ``weighting`` section), ``max_reward_failure_fraction``
+    (stop when more than this fraction of a step's samples has a failed reward; default 0.5),
+    ``max_nonfinite_steps`` (stop after this many consecutive skipped steps; default 3) and ``diagnostics_dir``.
+    """
+
+    def __init__(self, *args, weighting=None, max_reward_failure_fraction: float = 0.5, max_nonfinite_steps: int = 3,
+                 diagnostics_dir=None, **kwargs):
+        if not 0.0 <= max_reward_failure_fraction <= 1.0:
+            raise UserError(f"max_reward_failure_fraction must be in [0, 1], got {max_reward_failure_fraction}")
+        self.max_reward_failure_fraction = max_reward_failure_fraction
+        self.guard = StepGuard(max_nonfinite_steps, diagnostics_dir)
         self.weighting = weighting
         self._token_specs = [s.model_dump() for s in weighting.tokens] if weighting is not None else []
         try:
@@ -36,6 +56,7 @@ class PosttrainGRPOTrainer(GRPOTrainer):
         self._scope = weighting.scope if weighting is not None else "micro"
         self._normalize = weighting.normalize if weighting is not None else "count"
         super().__init__(*args, **kwargs)
+        self.add_callback(self.guard)
         if self._token_specs:
             self._check_token_weighting_supported()
         # Clip-Cov draws random tokens: a dedicated generator, seeded identically on every rank so that
@@ -85,7 +106,20 @@ class PosttrainGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ rollout side
     def _generate_and_score_completions(self, inputs):
-        out = super()._generate_and_score_completions(inputs)
+        try:
+            out = super()._generate_and_score_completions(inputs)
+        except RuntimeError as exc:
+            if "probability tensor contains" not in str(exc):
+                raise
+            # Sampling met NaN/inf probabilities: the weights themselves have diverged (e.g. a far too large
+            # learning rate).  Nothing in this state is worth a checkpoint; stop with diagnostics.
+            self.guard.stop_reason = "diverged"
+            path = self.guard.write_diagnostics(self.state, [], event="non-finite sampling probabilities")
+            raise RunStopped(
+                f"the policy's sampling probabilities became non-finite at step {self.state.global_step + 1} "
+                f"(the weights diverged; lower train.learning_rate?); diagnostics in {path}; resume from the last "
+                f"complete checkpoint, if any, with --resume"
+            ) from None
         if not self._token_specs:
             return out
         # Group layout survives TRL's shuffling of the generation batch: carry each row's group id along.
@@ -97,6 +131,66 @@ class PosttrainGRPOTrainer(GRPOTrainer):
         if "old_entropies" in self._token_needs and out.get("old_per_token_logps") is not None:
             out["old_entropies"] = self._no_grad_entropies(out)
         return out
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's rewards, then every sample with a *failed* reward (SafeReward) gets a NaN row: TRL 1.16 leaves
+        NaN rows out of the group baseline and gives them advantage 0.  A ``None`` a reward returns on purpose
+        ("not applicable") keeps TRL's meaning.  Too many failures in one step stop the run (with a checkpoint)."""
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        n_local = len(prompts)
+        failed = torch.zeros(n_local, len(self.reward_funcs), dtype=torch.bool, device=rewards_per_func.device)
+        for i, fn in enumerate(self.reward_funcs):
+            if isinstance(fn, SafeReward) and len(fn.last_failed) == n_local:
+                failed[:, i] = torch.tensor(fn.last_failed, dtype=torch.bool)
+        failed = gather(failed)  # rewards_per_func is already gathered over processes by TRL
+        missing = failed.any(dim=1)
+        rewards_per_func = rewards_per_func.clone()
+        rewards_per_func[missing] = torch.nan
+        mode = "train" if self.model.training else "eval"
+        frac = float(missing.float().mean()) if missing.numel() else 0.0
+        self._metrics[mode]["reward_failures/missing_fraction"].append(frac)
+        for i, name in enumerate(self.reward_func_names):
+            self._metrics[mode][f"reward_failures/{name}"].append(float(failed[:, i].float().mean()))
+        if frac > self.max_reward_failure_fraction and mode == "train":
+            reasons = {}
+            for fn in self.reward_funcs:
+                if isinstance(fn, SafeReward) and fn.last_reasons:
+                    reasons[fn.__name__] = dict(fn.last_reasons)
+            self.guard.request_stop(
+                f"{frac:.0%} of the samples of step {self.state.global_step + 1} have a failed reward "
+                f"(limit reliability.max_reward_failure_fraction={self.max_reward_failure_fraction}): {reasons}",
+                reasons=reasons)
+        return rewards_per_func
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self.guard.record_loss(loss)
+        if not torch.isfinite(loss):
+            # Backpropagate an exact zero instead (the guard then skips the step): keeps NaN out of gradient
+            # buffers we cannot inspect, e.g. DeepSpeed's.
+            loss = torch.stack([p.sum() for p in model.parameters() if p.requires_grad]).sum() * 0.0
+        return loss
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs:  # a training log row
+            logs["reliability/skipped_steps"] = self.guard.skipped_total
+        return super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ checkpoint state
+    def posttrain_state(self):
+        state = super().posttrain_state()
+        state.update(token_generator=self._token_generator.get_state(), trl_step=int(self._step),
+                     trl_buffered_inputs=self._buffered_inputs,
+                     guard={"consecutive": self.guard.consecutive, "skipped_total": self.guard.skipped_total})
+        return state
+
+    def load_posttrain_state(self, state):
+        super().load_posttrain_state(state)
+        self._token_generator.set_state(state["token_generator"])
+        self._step = state["trl_step"]
+        self._buffered_inputs = state["trl_buffered_inputs"]
+        self.guard.consecutive = state["guard"]["consecutive"]
+        self.guard.skipped_total = state["guard"]["skipped_total"]
 
     @torch.no_grad()
     def _no_grad_entropies(self, batch) -> torch.Tensor:

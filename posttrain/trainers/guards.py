@@ -1,0 +1,123 @@
+"""Step guard: a non-finite loss or gradient skips the optimizer step; repeated trouble stops the run cleanly.
+
+Runs as a ``TrainerCallback`` between gradient clipping and ``optimizer.step()`` (``on_pre_optimizer_step``).
+If any micro-batch loss of the step was non-finite (the trainer sets :attr:`StepGuard.nonfinite_loss`) or any
+gradient holds NaN/inf, every ``.grad`` is set to ``None``: torch optimizers skip parameters without a gradient,
+so neither the weights nor the Adam moments move (the learning-rate schedule still advances one step).  After
+``max_consecutive`` skipped steps in a row the run stops: diagnostics are written to
+``<output.dir>/diagnostics/``, the trainer saves a checkpoint of the last good weights, and ``posttrain run``
+exits with a one-line message (:class:`posttrain.errors.RunStopped`).
+
+Other stop requests (too many failed rewards in a step) go through :meth:`StepGuard.request_stop`: the current
+step is skipped the same way, a checkpoint is written and the run ends.
+
+Limitation: under DeepSpeed the gradients live in the engine's partitioned buffers, not in ``param.grad``; there
+the loss check still works (a non-finite loss skips the step) but a finite loss with non-finite gradients is
+not detected here.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import TrainerCallback
+
+logger = logging.getLogger("posttrain.trainers")
+
+
+class StepGuard(TrainerCallback):
+    def __init__(self, max_consecutive: int = 3, diagnostics_dir: Optional[str | Path] = None):
+        if max_consecutive < 1:
+            raise ValueError(f"max_consecutive must be >= 1, got {max_consecutive}")
+        self.max_consecutive = max_consecutive
+        self.diagnostics_dir = Path(diagnostics_dir) if diagnostics_dir is not None else None
+        self.nonfinite_loss = False     # set by the trainer's compute_loss for the current step
+        self.losses: list = []          # micro-batch losses of the current step (floats)
+        self.consecutive = 0
+        self.skipped_total = 0
+        self.stop_reason: Optional[str] = None
+        self.stop_details: dict = {}
+        self._skip_next = False
+        self.diagnostics_path: Optional[Path] = None
+
+    # ------------------------------------------------------------------ called by the trainer
+    def record_loss(self, loss: torch.Tensor) -> None:
+        value = float(loss.detach())
+        self.losses.append(value)
+        if not math.isfinite(value):
+            self.nonfinite_loss = True
+
+    def request_stop(self, reason: str, **details) -> None:
+        """Skip the current step, save a checkpoint and stop (e.g. too many failed rewards)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stop_details = details
+        self._skip_next = True
+
+    # ------------------------------------------------------------------ callback events
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        bad = self._nonfinite_grads(model)
+        skip = self._skip_next or self.nonfinite_loss or bool(bad)
+        if skip:
+            for group in (optimizer.param_groups if optimizer is not None else []):
+                for p in group["params"]:
+                    p.grad = None
+            if model is not None:
+                for p in model.parameters():
+                    p.grad = None
+        if self.nonfinite_loss or bad:
+            self.consecutive += 1
+            self.skipped_total += 1
+            logger.warning("step %d skipped: %s (%d in a row, limit %d)", state.global_step + 1,
+                           "non-finite loss" if self.nonfinite_loss else f"non-finite gradients in {len(bad)} "
+                           f"tensors", self.consecutive, self.max_consecutive)
+            if self.consecutive >= self.max_consecutive and self.stop_reason is None:
+                self.diagnostics_path = self.write_diagnostics(state, bad, event="consecutive non-finite steps")
+                self.stop_reason = (f"{self.consecutive} consecutive steps had a non-finite loss or gradient "
+                                    f"(last at step {state.global_step + 1}); diagnostics in {self.diagnostics_path}")
+        elif not self._skip_next:
+            self.consecutive = 0
+        self.nonfinite_loss = False
+        self.losses = []
+        self._skip_next = False
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop_reason is not None:
+            control.should_save = True  # the last good weights, whatever save_strategy says
+            control.should_training_stop = True
+        return control
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _nonfinite_grads(model) -> list:
+        if model is None:
+            return []
+        named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+        if not named:
+            return []
+        norms = torch._foreach_norm([g for _, g in named])  # one fused pass; NaN/inf anywhere -> non-finite norm
+        finite = torch.isfinite(torch.stack(norms))
+        if bool(finite.all()):
+            return []
+        return [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
+
+    def write_diagnostics(self, state, bad_params, *, event: str) -> Optional[Path]:
+        if self.diagnostics_dir is None:
+            return None
+        self.diagnostics_dir.mkdir(parents=True, exist_ok=True)
+        path = self.diagnostics_dir / f"nonfinite-step{state.global_step + 1}.json"
+        recent = [h for h in state.log_history[-10:]]
+        path.write_text(json.dumps({
+            "event": event, "step": state.global_step + 1, "time": time.time(),
+            "consecutive_skips": self.consecutive,
+            "micro_batch_losses": [repr(x) for x in self.losses], "nonfinite_loss": self.nonfinite_loss,
+            "params_with_nonfinite_grad": bad_params[:50], "n_params_with_nonfinite_grad": len(bad_params),
+            "recent_logs": recent,
+        }, indent=1, default=repr))
+        return path
