@@ -73,9 +73,10 @@ def test_unit_weights_equal_trl_loss(tiny, tmp_path):
         assert key in ours._metrics["train"], key
 
 
-@pytest.mark.parametrize("loss_type,loss_weights", [("ipo", None), (["sigmoid", "sft"], [1.0, 0.5])])
-def test_other_loss_types_equal_trl(tiny, tmp_path, loss_type, loss_weights):
-    cfg = dict(loss_type=loss_type, loss_weights=loss_weights)
+@pytest.mark.parametrize("loss_type,loss_weights,precompute", [
+    ("ipo", None, False), (["sigmoid", "sft"], [1.0, 0.5], False), ("sigmoid", None, True)])
+def test_other_loss_types_equal_trl(tiny, tmp_path, loss_type, loss_weights, precompute):
+    cfg = dict(loss_type=loss_type, loss_weights=loss_weights, precompute_ref_log_probs=precompute)
     plain = _trainer(tiny, tmp_path / "a", _pairs(), cls=DPOTrainer, **cfg)
     ours = _trainer(tiny, tmp_path / "b", _pairs(weight=[1.0] * N), **cfg)
     assert abs(_loss(ours).item() - _loss(plain).item()) <= 1e-6
