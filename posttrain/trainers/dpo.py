@@ -150,6 +150,24 @@ class AdaptiveDPOTrainer(DPOTrainer):
         loss = self._weighted_loss(inputs, records[0], ref_tok, columns)
         return (loss, result[1]) if return_outputs else loss
 
+    def _gap_strategy_step(self, gaps: torch.Tensor, mode: str):
+        """beta-DPO on this process's gaps ``[n]``: all-gather them (the official code's scope), update the EMA
+        (training only), draw the global keep mask with the rank-synchronised generator, take this rank's slice.
+        Returns ``(keep [n] bool, batch beta float, metrics)``."""
+        strategy = self.pair_weighting.gap_strategy
+        n = gaps.numel()
+        all_gaps = self.accelerator.gather(gaps)
+        if all_gaps.numel() != n * self.accelerator.num_processes:
+            raise RuntimeError("beta-DPO needs equal local batch sizes on every process")
+        if mode == "train":
+            strategy.update(all_gaps)
+        all_keep = strategy.keep_mask(all_gaps.cpu(), generator=self._pair_generators[mode]).to(gaps.device)
+        beta = float(strategy.beta(all_gaps, all_keep))
+        rank = self.accelerator.process_index
+        metrics = {"pairs/kept_fraction": all_keep.float().mean().item(),
+                   "pairs/gap_ema_mean": float(strategy.gap_mean), "pairs/gap_ema_std": float(strategy.gap_std)}
+        return all_keep[rank * n:(rank + 1) * n], beta, metrics
+
     def _weighted_loss(self, inputs, policy_tok, ref_tok, columns) -> torch.Tensor:
         mode = "train" if self.model.training else "eval"
         completion_mask = inputs["completion_mask"]
@@ -183,22 +201,10 @@ class AdaptiveDPOTrainer(DPOTrainer):
 
         keep = torch.ones(n, dtype=torch.bool, device=chosen.device)
         beta = self.beta
-        strategy = self.pair_weighting.gap_strategy
-        if strategy is not None:
+        if self.pair_weighting.gap_strategy is not None:
             gaps = ((chosen - ref_chosen) - (rejected - ref_rejected)).detach()
-            all_gaps = self.accelerator.gather(gaps)  # beta-DPO's statistics are global (official code)
-            if all_gaps.numel() != n * self.accelerator.num_processes:
-                raise RuntimeError("beta-DPO needs equal local batch sizes on every process")
-            if mode == "train":
-                strategy.update(all_gaps)
-            gen = self._pair_generators[mode]
-            all_keep = strategy.keep_mask(all_gaps.cpu(), generator=gen).to(keep.device)
-            beta = float(strategy.beta(all_gaps, all_keep))
-            rank = self.accelerator.process_index
-            keep = all_keep[rank * n:(rank + 1) * n]
-            metrics.update({"pairs/kept_fraction": all_keep.float().mean().item(),
-                            "pairs/gap_ema_mean": float(strategy.gap_mean),
-                            "pairs/gap_ema_std": float(strategy.gap_std)})
+            keep, beta, gap_metrics = self._gap_strategy_step(gaps, mode)
+            metrics.update(gap_metrics)
         metrics["pairs/beta"] = float(beta)
 
         pair_weights = weights * keep.to(weights.dtype)
