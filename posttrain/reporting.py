@@ -16,6 +16,8 @@ PANELS = [
     ("token weights", ["weights/mean", "weights/min", "weights/max", "weights/frac_zero"]),
     ("entropy percentiles", ["entropy/p10", "entropy/p50", "entropy/p90"]),
     ("weight vs entropy (Pearson r per step)", ["weights/entropy_corr"]),
+    ("DPO pair weighting", ["pairs/beta", "pairs/kept_fraction", "pairs/weight_mean", "pairs/weight_min",
+                            "pairs/weight_max"]),
 ]
 
 

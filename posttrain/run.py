@@ -112,9 +112,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def build_trl_args(recipe: Recipe, out: Path):
+def build_trl_args(recipe: Recipe, out: Path, config_cls=None):
     import torch
     from trl import GRPOConfig
+
+    config_cls = config_cls or GRPOConfig  # DPOConfig / RewardConfig take the same defaults (pipelines/dpo.py)
 
     train = dict(recipe.train)
     on_gpu = torch.cuda.is_available()
@@ -142,12 +144,16 @@ def build_trl_args(recipe: Recipe, out: Path):
 
         train["deepspeed"] = deepspeed_config(recipe.distributed)
     try:
-        return GRPOConfig(**train)
+        return config_cls(**train)
     except (ValueError, TypeError) as exc:
         raise UserError(f"train: {str(exc).splitlines()[0]}") from None
 
 
 def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool = False) -> dict:
+    if recipe.algorithm in ("dpo", "reward_model+dpo"):
+        from posttrain.pipelines.dpo import run_dpo_recipe
+
+        return run_dpo_recipe(recipe, recipe_path=recipe_path, overrides=overrides, resume=resume)
     if recipe.algorithm != "grpo":
         raise UserError(f"algorithm '{recipe.algorithm}' is not available in this version (only 'grpo')")
     if recipe.rollout.engine == "vllm":

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from posttrain.recipes import schema
+# Render the schema of the checkout this script lives in (a git worktree), not of whichever posttrain is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from posttrain.recipes import schema  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
 
@@ -25,7 +27,8 @@ Command-line overrides use dotted keys, list items by index:
 posttrain run recipes/quickstart.yaml train.max_steps=5 output.dir=/tmp/x rewards.0.weight=2
 ```
 
-Keys under `train:` are TRL's own config fields (`trl.GRPOConfig` for `algorithm: grpo`); they are checked
+Keys under `train:` are TRL's own config fields (`trl.GRPOConfig` for `algorithm: grpo`, `trl.DPOConfig`
+for `dpo` / `reward_model+dpo`; `reward_model.train:` takes `trl.RewardConfig` fields); they are checked
 against that dataclass (name and type) and passed through. posttrain sets `output_dir`, `seed`, `report_to`,
 `logging_steps`, `deepspeed`, `use_vllm` and `vllm_mode` from its own sections, and on CPU defaults
 `bf16: false`, `gradient_checkpointing: false`, `use_cpu: true`, `save_strategy: "no"` unless the recipe sets them.
@@ -77,6 +80,7 @@ def render() -> str:
         (schema.Recipe, "top level"), (schema.ModelSection, "model"), (schema.LoraSection, "model.lora"),
         (schema.DataSection, "data"), (schema.DatasetSpec, "data.train / data.eval"),
         (schema.RewardSpec, "rewards[]"), (schema.WeightingSection, "weighting"),
+        (schema.RewardModelSection, "reward_model"),
         (schema.RolloutSection, "rollout"), (schema.DistributedSection, "distributed"),
         (schema.EvalSection, "eval"), (schema.OutputSection, "output"),
     ]

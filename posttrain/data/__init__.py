@@ -5,7 +5,7 @@
     evalset = DATASETS.get("arithmetic")(n=50, level="medium", split="heldout", seed=0)
 
 Builders (``DATASETS.names()``): ``arithmetic`` (:func:`arithmetic_problems`), ``tweets`` (:func:`tweet_prompts`),
-``file`` (:func:`load_prompt_file`); an import path ``"pkg.mod:builder"`` also works. Every builder takes keyword
+``file`` (:func:`load_prompt_file`), ``preferences`` (:func:`preference_pairs`, DPO pairs); an import path ``"pkg.mod:builder"`` also works. Every builder takes keyword
 arguments and raises :class:`DataError` (a ``ValueError``) with a one-line message on bad input.
 See docs/rewards_and_data.md.
 """
@@ -14,12 +14,14 @@ from posttrain.registry import Registry
 from .arithmetic import LEVELS, arithmetic_problems, split_pairs
 from .common import DataError, DataFileNotFoundError, in_split, render_prompt, split_bucket
 from .files import load_prompt_file
+from .preferences import gold_positivity, preference_pairs
 from .tweets import clean_tweet, corpus_path, load_corpus, tweet_prompts
 
 DATASETS = Registry("dataset")
 DATASETS.register("arithmetic", arithmetic_problems)
 DATASETS.register("tweets", tweet_prompts)
 DATASETS.register("file", load_prompt_file)
+DATASETS.register("preferences", preference_pairs)
 
 __all__ = [
     "DATASETS",
@@ -33,6 +35,8 @@ __all__ = [
     "corpus_path",
     "load_corpus",
     "load_prompt_file",
+    "preference_pairs",
+    "gold_positivity",
     "render_prompt",
     "in_split",
     "split_bucket",

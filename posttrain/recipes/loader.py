@@ -129,17 +129,13 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: {loc + ': ' if loc else ''}{msg}{got}{more}"
 
 
-def _check_train_section(recipe: Recipe, source: str) -> None:
-    """Keys under ``train:`` must be fields of TRL's config for the algorithm, with values of the right type."""
-    if recipe.algorithm == "grpo":
-        from trl import GRPOConfig as cfg_cls
-    else:
-        from trl import DPOConfig as cfg_cls
+def _check_trl_fields(values: Dict[str, Any], cfg_cls, prefix: str, source: str) -> None:
+    """Every key of ``values`` must be a field of the TRL config dataclass ``cfg_cls``, with a value of its type."""
     fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
     hints = typing.get_type_hints(cfg_cls)
-    for key, value in recipe.train.items():
+    for key, value in values.items():
         if key not in fields:
-            raise RecipeError(f"{source}: train.{key}: unknown key (not a field of trl.{cfg_cls.__name__})")
+            raise RecipeError(f"{source}: {prefix}.{key}: unknown key (not a field of trl.{cfg_cls.__name__})")
         try:
             adapter = TypeAdapter(hints.get(key, Any))
         except Exception:  # noqa: BLE001 - exotic annotation: TRL itself will check it
@@ -147,10 +143,39 @@ def _check_train_section(recipe: Recipe, source: str) -> None:
         try:
             # Keep the coerced value: YAML reads 1e-5 (no dot) as the *string* '1e-5', which TRL would pass
             # straight to the optimizer.
-            recipe.train[key] = adapter.validate_python(value, strict=False)
+            values[key] = adapter.validate_python(value, strict=False)
         except ValidationError as exc:
             msg = exc.errors()[0]["msg"]
-            raise RecipeError(f"{source}: train.{key}: {msg} (got {value!r})") from None
+            raise RecipeError(f"{source}: {prefix}.{key}: {msg} (got {value!r})") from None
+
+
+def _check_algorithm_sections(recipe: Recipe, source: str) -> None:
+    """Sections that belong to another algorithm are errors, not silently ignored; the reward-model stage's
+    ``reward_model.train`` keys are checked against ``trl.RewardConfig``."""
+    w = recipe.weighting
+    if recipe.algorithm == "grpo" and w.pairs:
+        raise RecipeError(f"{source}: weighting.pairs: pair strategies need algorithm 'dpo' or 'reward_model+dpo'")
+    if recipe.algorithm != "grpo":
+        for key, value in (("tokens", w.tokens), ("sequences", w.sequences), ("objectives", w.objectives)):
+            if value:
+                raise RecipeError(f"{source}: weighting.{key}: not used by algorithm '{recipe.algorithm}' "
+                                  f"(DPO takes weighting.pairs)")
+    if recipe.algorithm == "reward_model+dpo" and recipe.reward_model.source == "train":
+        from trl import RewardConfig
+
+        reserved = [k for k in recipe.reward_model.train if k in ("output_dir", "seed", "report_to", "deepspeed")]
+        if reserved:
+            raise RecipeError(f"{source}: reward_model.train.{reserved[0]}: set by posttrain from the recipe")
+        _check_trl_fields(recipe.reward_model.train, RewardConfig, "reward_model.train", source)
+
+
+def _check_train_section(recipe: Recipe, source: str) -> None:
+    """Keys under ``train:`` must be fields of TRL's config for the algorithm, with values of the right type."""
+    if recipe.algorithm == "grpo":
+        from trl import GRPOConfig as cfg_cls
+    else:
+        from trl import DPOConfig as cfg_cls
+    _check_trl_fields(recipe.train, cfg_cls, "train", source)
     # Values TRL would reject in __post_init__ with a multi-line traceback: check the common ones here.
     ng = recipe.train.get("num_generations", 8 if recipe.algorithm == "grpo" else None)
     if recipe.algorithm == "grpo" and isinstance(ng, int) and ng < 2:
@@ -234,6 +259,13 @@ def _check_names(recipe: Recipe, source: str) -> None:
             _dry_run_token_specs(specs)
         except (RegistryError, TypeError, ValueError) as exc:
             fail("weighting.tokens", exc)
+    if w.pairs:
+        from posttrain.weighting.pair_specs import dry_run_pair_specs
+
+        try:
+            dry_run_pair_specs([s.model_dump() for s in w.pairs])
+        except (RegistryError, TypeError, ValueError) as exc:
+            fail("weighting.pairs", exc)
 
 
 def _dry_run_token_specs(specs) -> None:
@@ -268,6 +300,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, check_regist
     _check_train_section(recipe, source)
     if check_registries:
         _check_names(recipe, source)
+    _check_algorithm_sections(recipe, source)  # after the names, so an unknown name is reported as such
     return recipe
 
 

@@ -87,6 +87,22 @@ class WeightingSection(_Strict):
     )
 
 
+class RewardModelSection(_Strict):
+    """Stage 1 of ``algorithm: reward_model+dpo`` (MADPO, arXiv 2510.05342): the per-pair ``margin`` column
+    r(chosen) - r(rejected) for ``weighting.pairs: [{name: madpo}]``."""
+
+    source: Literal["train", "columns"] = Field(
+        "train", description="'train': a Bradley-Terry reward model (trl.RewardTrainer) on data.train, frozen, "
+        "scores every pair; 'columns': margins from two score columns of the data.")
+    chosen_column: str = Field("score_chosen", description="Score column of the chosen response (source 'columns').")
+    rejected_column: str = Field("score_rejected", description="Score column of the rejected one (source 'columns').")
+    scale: float = Field(1.0, gt=0.0, description="Margins are multiplied by this (e.g. to put [0, 1] scores on "
+                         "the logit scale MADPO's tau assumes).")
+    lora: Optional[LoraSection] = Field(None, description="LoRA for the reward model (default: model.lora).")
+    batch_size: int = Field(16, gt=0, description="Pairs per forward when scoring the data.")
+    train: Dict[str, Any] = Field(default_factory=dict, description="trl.RewardConfig fields for the reward model.")
+
+
 class RolloutSection(_Strict):
     engine: Literal["hf", "vllm"] = Field("hf", description="HF generate, or vLLM (needs `pip install .[vllm]`).")
     mode: Literal["colocate", "server"] = Field("colocate", description="vLLM mode.")
@@ -146,6 +162,7 @@ class Recipe(_Strict):
     data: DataSection
     rewards: List[RewardSpec] = Field(default_factory=list, description="Reward functions (GRPO objectives).")
     weighting: WeightingSection = Field(default_factory=WeightingSection)
+    reward_model: RewardModelSection = Field(default_factory=RewardModelSection)
     rollout: RolloutSection = Field(default_factory=RolloutSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     train: Dict[str, Any] = Field(

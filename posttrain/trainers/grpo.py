@@ -23,7 +23,7 @@ from posttrain.errors import RunStopped, UserError
 from posttrain.losses import policy_loss
 from posttrain.rewards.safe import SafeReward
 from posttrain.trainers.checkpointing import CheckpointStateMixin
-from posttrain.trainers.guards import StepGuard
+from posttrain.trainers.guards import GuardedTrainerMixin
 from posttrain.weighting.tokens import TokenBatch, apply_token_strategies, parse_token_specs, token_weight_stats
 from posttrain.weighting.tokens import required_inputs
 
@@ -32,7 +32,7 @@ _AGGREGATION = {"grpo": "seq_mean_token_mean", "bnpo": "token_mean", "dr_grpo": 
 logger = logging.getLogger("posttrain.trainers")
 
 
-class PosttrainGRPOTrainer(CheckpointStateMixin, GRPOTrainer):
+class PosttrainGRPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, GRPOTrainer):
     """TRL's GRPO plus posttrain's reweighting hooks.  With no weighting configured it is exactly TRL's GRPO.
 
     Extra keyword arguments: ``weighting`` (the recipe's ``weighting`` section), ``max_reward_failure_fraction``
@@ -45,7 +45,6 @@ class PosttrainGRPOTrainer(CheckpointStateMixin, GRPOTrainer):
         if not 0.0 <= max_reward_failure_fraction <= 1.0:
             raise UserError(f"max_reward_failure_fraction must be in [0, 1], got {max_reward_failure_fraction}")
         self.max_reward_failure_fraction = max_reward_failure_fraction
-        self.guard = StepGuard(max_nonfinite_steps, diagnostics_dir)
         self.weighting = weighting
         self._token_specs = [s.model_dump() for s in weighting.tokens] if weighting is not None else []
         try:
@@ -56,7 +55,7 @@ class PosttrainGRPOTrainer(CheckpointStateMixin, GRPOTrainer):
         self._scope = weighting.scope if weighting is not None else "micro"
         self._normalize = weighting.normalize if weighting is not None else "count"
         super().__init__(*args, **kwargs)
-        self.add_callback(self.guard)
+        self._install_guard(max_nonfinite_steps, diagnostics_dir)
         if self._token_specs:
             self._check_token_weighting_supported()
         # Clip-Cov draws random tokens: a dedicated generator, seeded identically on every rank so that
@@ -162,26 +161,11 @@ class PosttrainGRPOTrainer(CheckpointStateMixin, GRPOTrainer):
                 reasons=reasons)
         return rewards_per_func
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        self.guard.record_loss(loss)
-        if not torch.isfinite(loss):
-            # Backpropagate an exact zero instead (the guard then skips the step): keeps NaN out of gradient
-            # buffers we cannot inspect, e.g. DeepSpeed's.
-            loss = torch.stack([p.sum() for p in model.parameters() if p.requires_grad]).sum() * 0.0
-        return loss
-
-    def log(self, logs, start_time=None):
-        if "loss" in logs:  # a training log row
-            logs["reliability/skipped_steps"] = self.guard.skipped_total
-        return super().log(logs, start_time)
-
     # ------------------------------------------------------------------ checkpoint state
     def posttrain_state(self):
         state = super().posttrain_state()
         state.update(token_generator=self._token_generator.get_state(), trl_step=int(self._step),
-                     trl_buffered_inputs=self._buffered_inputs,
-                     guard={"consecutive": self.guard.consecutive, "skipped_total": self.guard.skipped_total})
+                     trl_buffered_inputs=self._buffered_inputs)
         return state
 
     def load_posttrain_state(self, state):
@@ -189,8 +173,6 @@ class PosttrainGRPOTrainer(CheckpointStateMixin, GRPOTrainer):
         self._token_generator.set_state(state["token_generator"])
         self._step = state["trl_step"]
         self._buffered_inputs = state["trl_buffered_inputs"]
-        self.guard.consecutive = state["guard"]["consecutive"]
-        self.guard.skipped_total = state["guard"]["skipped_total"]
 
     @torch.no_grad()
     def _no_grad_entropies(self, batch) -> torch.Tensor:

@@ -121,3 +121,40 @@ class StepGuard(TrainerCallback):
             "recent_logs": recent,
         }, indent=1, default=repr))
         return path
+
+
+class GuardedTrainerMixin:
+    """For our HF/TRL trainer subclasses: install a :class:`StepGuard`, feed it every micro-batch loss, log
+    ``reliability/skipped_steps``.  Call :meth:`_install_guard` after ``super().__init__``."""
+
+    guard: StepGuard
+
+    def _install_guard(self, max_nonfinite_steps: int = 3, diagnostics_dir=None) -> None:
+        self.guard = StepGuard(max_nonfinite_steps, diagnostics_dir)
+        self.add_callback(self.guard)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss = out[0] if return_outputs else out
+        self.guard.record_loss(loss)
+        if not torch.isfinite(loss):
+            # Backpropagate an exact zero instead (the guard then skips the step): keeps NaN out of gradient
+            # buffers we cannot inspect, e.g. DeepSpeed's.
+            loss = torch.stack([p.sum() for p in model.parameters() if p.requires_grad]).sum() * 0.0
+        return (loss, *out[1:]) if return_outputs else loss
+
+    def posttrain_state(self):  # saved in checkpoints by CheckpointStateMixin (next in the MRO)
+        state = super().posttrain_state()
+        state["guard"] = {"consecutive": self.guard.consecutive, "skipped_total": self.guard.skipped_total}
+        return state
+
+    def load_posttrain_state(self, state):
+        super().load_posttrain_state(state)
+        if "guard" in state:
+            self.guard.consecutive = state["guard"]["consecutive"]
+            self.guard.skipped_total = state["guard"]["skipped_total"]
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs:  # a training log row
+            logs["reliability/skipped_steps"] = self.guard.skipped_total
+        return super().log(logs, start_time)

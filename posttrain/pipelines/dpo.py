@@ -1,0 +1,149 @@
+"""``posttrain run`` for ``algorithm: dpo`` and ``reward_model+dpo``.  Glue only.
+
+recipe -> model + preference pairs -> [stage 1: a ``margin`` column from a reward model or score columns]
+-> :class:`~posttrain.trainers.AdaptiveDPOTrainer` (pair strategies from ``weighting.pairs``) -> greedy evaluation
+before / after with the scoring reward -> the same outputs as a GRPO run (metrics.jsonl, summary.json, plot, model).
+"""
+from __future__ import annotations
+
+import time
+
+import yaml
+
+from posttrain.errors import UserError
+from posttrain.recipes import Recipe
+
+PAIR_COLUMNS_NEEDED = ("prompt", "chosen", "rejected")
+
+
+def _check_pairs(ds, where: str) -> None:
+    cols = set(ds.column_names or ())
+    missing = [c for c in PAIR_COLUMNS_NEEDED if c not in cols]
+    if missing:
+        raise UserError(f"{where}: DPO needs preference pairs with columns prompt, chosen, rejected; "
+                        f"missing {', '.join(missing)} (e.g. use data.train.name=preferences)")
+    if len(ds) == 0:
+        raise UserError(f"{where}: the dataset is empty")
+
+
+def run_dpo_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool = False) -> dict:
+    # run.py's helpers are reused read-only, so both algorithms treat output dirs, threads and data alike
+    from posttrain.run import (_build_dataset, _build_rewards, _is_main, _truncate_metrics, build_trl_args,
+                               configure_threads, prepare_output_dir, resume_checkpoint)
+
+    unused = [k for k, v in (("weighting.tokens", recipe.weighting.tokens),
+                             ("weighting.sequences", recipe.weighting.sequences),
+                             ("weighting.objectives", recipe.weighting.objectives)) if v]
+    if unused:
+        raise UserError(f"{unused[0]}: not used by algorithm '{recipe.algorithm}' (DPO takes weighting.pairs)")
+    t_start = time.time()
+    out = prepare_output_dir(recipe, resume)
+    ckpt = resume_checkpoint(out) if resume else None
+    threads = configure_threads(recipe)
+
+    import torch
+    from transformers import set_seed
+    from trl import DPOConfig
+
+    from posttrain.evaluation import evaluate
+    from posttrain.models import ModelLoadError, load_model_and_tokenizer
+    from posttrain.reporting import plot_curves, write_json
+    from posttrain.trainers import AdaptiveDPOTrainer, JsonlMetricsCallback
+
+    set_seed(recipe.seed)
+    if _is_main():
+        (out / "recipe.resolved.yaml").write_text(
+            f"# resolved from {recipe_path}" + (f" with {' '.join(overrides)}" if overrides else "") + "\n"
+            + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+        )
+    train_ds = _build_dataset(recipe.data.train, "data.train")
+    _check_pairs(train_ds, "data.train")
+    eval_ds = _build_dataset(recipe.data.eval, "data.eval") if recipe.data.eval else None
+    summary: dict = {"recipe": recipe.name, "algorithm": recipe.algorithm, "model": recipe.model.name,
+                     "seed": recipe.seed, "threads": threads, "eval": {}}
+    if recipe.algorithm == "reward_model+dpo":
+        from .reward_model import add_margin_column
+
+        train_ds, summary["reward_model"] = add_margin_column(recipe, train_ds, out, resume=resume)
+
+    dtype = getattr(torch, recipe.model.dtype)
+    try:
+        model, tokenizer = load_model_and_tokenizer(recipe.model.name, dtype=dtype, cache_dir=recipe.model.cache_dir,
+                                                    trust_remote_code=recipe.model.trust_remote_code)
+    except ModelLoadError as exc:
+        raise UserError(f"model.name: {exc}") from None
+    scorer = None
+    if eval_ds is not None and recipe.eval.enabled:
+        spec = recipe.eval.reward or (recipe.rewards[0] if recipe.rewards else None)
+        if spec is None:
+            raise UserError("eval.reward: DPO evaluation needs a scoring reward (eval.reward or rewards.0), "
+                            "or set eval.enabled=false")
+        scorer = _build_rewards([spec], "eval.reward" if recipe.eval.reward else "rewards", tokenizer)[0]
+
+    args = build_trl_args(recipe, out, config_cls=DPOConfig)
+    ev_kw = dict(max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
+                 success_threshold=recipe.eval.success_threshold)
+    if scorer is not None and _is_main():
+        summary["eval"]["before"] = evaluate(model, tokenizer, eval_ds, scorer, desc="eval before", **ev_kw)
+        b = summary["eval"]["before"]
+        print(f"[posttrain] eval before: mean score {b['mean_score']:.3f}, accuracy {b['accuracy']:.3f} "
+              f"(n={b['n']})", flush=True)
+
+    peft_config = None
+    if recipe.model.lora is not None:
+        from peft import LoraConfig
+
+        lora = recipe.model.lora
+        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    metrics_path = out / "metrics.jsonl"
+    if _is_main() and not resume and metrics_path.exists():
+        metrics_path.unlink()
+    if _is_main() and ckpt is not None:
+        from posttrain.trainers.checkpointing import checkpoint_step
+
+        _truncate_metrics(metrics_path, checkpoint_step(ckpt))
+        print(f"[posttrain] resuming from {ckpt}", flush=True)
+    try:
+        trainer = AdaptiveDPOTrainer(
+            model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, peft_config=peft_config,
+            callbacks=[JsonlMetricsCallback(metrics_path)],
+            pair_strategies=[s.model_dump() for s in recipe.weighting.pairs],
+            max_nonfinite_steps=recipe.reliability.max_nonfinite_steps, diagnostics_dir=out / "diagnostics",
+        )
+    except ValueError as exc:  # TRL's own configuration checks
+        raise UserError(f"train: {str(exc).splitlines()[0]}") from None
+    t_train = time.time()
+    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+    summary["train_seconds"] = round(time.time() - t_train, 1)
+    if trainer.guard.stop_reason is not None:
+        from posttrain.errors import RunStopped
+        from posttrain.trainers.checkpointing import latest_complete_checkpoint
+
+        saved = latest_complete_checkpoint(out / "trainer")
+        if _is_main():
+            summary.update(stopped=trainer.guard.stop_reason, global_step=trainer.state.global_step,
+                           checkpoint=str(saved) if saved else None)
+            write_json(out / "summary.json", summary)
+        raise RunStopped(f"{trainer.guard.stop_reason}; last good state saved in {saved} "
+                         f"(continue with --resume after fixing the cause)")
+    summary["global_step"] = trainer.state.global_step
+    summary["train_metrics"] = dict(result.metrics)
+
+    if _is_main():
+        policy = trainer.model
+        if scorer is not None:
+            summary["eval"]["after"] = evaluate(policy, tokenizer, eval_ds, scorer, desc="eval after", **ev_kw)
+            b, a = summary["eval"].get("before"), summary["eval"]["after"]
+            print(f"[posttrain] eval after: mean score {a['mean_score']:.3f}, accuracy {a['accuracy']:.3f} "
+                  f"(n={a['n']})" + (f"; before {b['mean_score']:.3f} / {b['accuracy']:.3f}" if b else ""), flush=True)
+        if recipe.output.save_model:
+            to_save = policy.merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
+            to_save.save_pretrained(out / "model", safe_serialization=True)
+            tokenizer.save_pretrained(out / "model")
+        if recipe.output.plots:
+            plot_curves(metrics_path, out / "training_curves.png", title=f"{recipe.name} ({recipe.model.name})")
+        summary["wall_seconds"] = round(time.time() - t_start, 1)
+        write_json(out / "summary.json", summary)
+        print(f"[posttrain] done in {summary['wall_seconds']:.0f} s -> {out}", flush=True)
+    return summary
