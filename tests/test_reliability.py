@@ -303,8 +303,27 @@ def test_kill_9_and_resume_reproduces_the_straight_run_exactly(tmp_path):
     assert max((a[k] - c[k]).abs().max().item() for k in a) > 1e-6  # the control: buffer/step state matters
     rows = lambda r: [json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert [(x["step"], x.get("loss")) for x in rows(straight)] == [(x["step"], x.get("loss")) for x in rows(crashed)]
+    # identical strategy / generator / buffer state in the final checkpoints
+    final = lambda r: torch.load(r / "trainer" / "checkpoint-6" / "posttrain_state.pt", weights_only=True)  # noqa
+    _assert_same_state(final(straight), final(crashed))
     init = _initial_tiny()
     assert max((a[k] - init[k]).abs().max().item() for k in a if k in init) > 1e-4  # training really moved them
+
+
+def _assert_same_state(a, b, path="state"):
+    assert type(a) is type(b), path
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=1e-6, rtol=0, equal_nan=True), path
+    else:
+        assert a == b, path
 
 
 def _initial_tiny():
