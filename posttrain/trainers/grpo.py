@@ -36,7 +36,7 @@ _AGGREGATION = {"grpo": "seq_mean_token_mean", "bnpo": "token_mean", "dr_grpo": 
 logger = logging.getLogger("posttrain.trainers")
 
 
-class PosttrainGRPOTrainer(CheckpointStateMixin, RewardWeightingMixin, GRPOTrainer):
+class PosttrainGRPOTrainer(RewardWeightingMixin, CheckpointStateMixin, GRPOTrainer):
     """TRL's GRPO plus posttrain's reweighting hooks.  With no weighting configured it is exactly TRL's GRPO.
 
     Extra keyword arguments: ``weighting`` (the recipe's ``weighting`` section), ``max_reward_failure_fraction``

@@ -91,7 +91,8 @@ class _ObjectiveEvalCallback(TrainerCallback):
 
 
 class RewardWeightingMixin:
-    """Objective + sequence reweighting hooks; mixed into the GRPO trainer before TRL's ``GRPOTrainer``."""
+    """Objective + sequence reweighting hooks; mixed into the GRPO trainer before ``CheckpointStateMixin`` (its
+    ``posttrain_state`` / ``load_posttrain_state`` call ``super()``)."""
 
     # ------------------------------------------------------------------ set-up
     def _setup_reward_weighting(self, weighting, eval_dataset=None) -> None:

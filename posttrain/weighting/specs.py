@@ -10,6 +10,14 @@ Defaults the trainer fills in from the recipe's ``rewards`` (one objective per r
 and ``hypervolume`` (the same, normalised), ``maximize`` for ``hypervolume`` (all true: every shipped reward is
 "higher is better"; brevity is a reward in [0, 1], not a token count).
 
+Argument blocks: besides its own arguments a spec may hold one mapping per strategy name, used only when that
+strategy is selected, so that a recipe can be switched with one override (``weighting.objectives.name=lagrangian``)::
+
+    objectives:
+      name: fixed
+      lagrangian: {thresholds: [null, 0.8, 0.9]}
+      hypervolume: {eval_every: 5}
+
 Trainer options:
 
 ============================  =======================  ==================================================================
@@ -85,14 +93,24 @@ def build_objective_strategy(spec: Dict[str, Any], reward_names: Sequence[str],
     spec = dict(spec)
     name = spec.pop("name")
     cls = OBJECTIVE_STRATEGIES.get(name)  # RegistryError for an unknown name
+    # Per-strategy argument blocks ({name: fixed, lagrangian: {thresholds: [...]}}): the selected strategy's block is
+    # merged under the top-level arguments; the other blocks are checked too, so a typo never waits for a switch.
+    blocks = {key: spec.pop(key) for key in list(spec)
+              if key in OBJECTIVE_STRATEGIES and isinstance(spec[key], dict)}
+    for other, block in blocks.items():
+        if other != name and other not in NOT_WIRED:
+            try:
+                build_objective_strategy({"name": other, **block}, reward_names, reward_weights)
+            except ValueError as exc:
+                raise ValueError(f"{other} (argument block): {exc}") from None
+    spec = {**blocks.get(name, {}), **spec}
     k = len(reward_names)
     kwargs, opts = _split(name, cls, spec, OBJECTIVE_OPTIONS.get(name, {}))
     if name in NOT_WIRED:
         raise ValueError(NOT_WIRED[name])
     accepted, _ = _accepted(cls)
     weights = list(reward_weights) if reward_weights is not None else [1.0] * k
-    if "names" in accepted:
-        kwargs.setdefault("names", list(reward_names))
+    fill_names = "names" in accepted and "names" not in kwargs
     if "num_objectives" in accepted:
         kwargs.setdefault("num_objectives", k)
     if name == "fixed":
@@ -118,6 +136,11 @@ def build_objective_strategy(spec: Dict[str, Any], reward_names: Sequence[str],
     if strategy.num_objectives != k:
         raise ValueError(f"{name}: configured for {strategy.num_objectives} objective(s) but the recipe has {k} "
                          f"reward(s); give one value per reward")
+    if fill_names:
+        if len(set(reward_names)) != k:
+            raise ValueError(f"{name}: the rewards need distinct names for per-objective logging (got "
+                             f"{list(reward_names)}); set args.name on the rewards")
+        strategy.names = list(reward_names)
     return strategy, opts
 
 
