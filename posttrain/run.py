@@ -231,6 +231,7 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
         max_reward_failure_fraction=recipe.reliability.max_reward_failure_fraction,
         max_nonfinite_steps=recipe.reliability.max_nonfinite_steps,
         diagnostics_dir=out / "diagnostics",
+        objective_eval_dataset=eval_ds,  # held-out prompts for weighting.objectives hypervolume's evaluations
     )
     t_train = time.time()
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-# Render the schema of the checkout this script lives in (a git worktree), not of whichever posttrain is installed.
+# Document the schema of the checkout this script lives in (not whichever posttrain is installed: with git
+# worktrees the editable install may point at another checkout).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from posttrain.recipes import schema  # noqa: E402
 

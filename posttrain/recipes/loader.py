@@ -222,13 +222,16 @@ def _check_names(recipe: Recipe, source: str) -> None:
     rewards = [(f"rewards.{i}", spec) for i, spec in enumerate(recipe.rewards)]
     if recipe.eval.reward is not None:
         rewards.append(("eval.reward", recipe.eval.reward))
+    reward_names = []
     for path, spec in rewards:
         try:
-            build_reward(spec.name, spec.args)  # cheap: reward models load lazily on first call
+            fn = build_reward(spec.name, spec.args)  # cheap: reward models load lazily on first call
         except RegistryError as exc:
             fail(f"{path}.name", exc)
         except (TypeError, ValueError) as exc:
             fail(f"{path}.args", exc)
+        if path.startswith("rewards."):
+            reward_names.append(getattr(fn, "__name__", spec.name))
     datasets = [("data.train", recipe.data.train)] + ([("data.eval", recipe.data.eval)] if recipe.data.eval else [])
     for path, spec in datasets:
         builder = resolve(f"{path}.name", DATASETS.get, spec.name)
@@ -246,10 +249,34 @@ def _check_names(recipe: Recipe, source: str) -> None:
             if group not in regs:
                 fail(f"{path}.name", f"{group} weighting is not available in this version")
             obj = resolve(f"{path}.name", regs[group].get, spec.name)
+            if group in ("objectives", "sequences"):
+                continue  # arguments (strategy's own + trainer options) are checked below
             args = {k: v for k, v in spec.model_dump().items() if k != "name"}
             problem = _unknown_args(obj, args)
             if problem:
                 fail(path, f"{spec.name}: {problem}")
+    if w.objectives is not None or w.sequences:
+        from posttrain.weighting.specs import build_objective_strategy, build_sequence_strategies
+
+        if recipe.algorithm != "grpo":
+            fail("weighting", "objective and sequence weighting apply to algorithm 'grpo' only")
+        if w.objectives is not None:
+            try:
+                build_objective_strategy(w.objectives.model_dump(), reward_names,
+                                         [s.weight for s in recipe.rewards])
+            except (RegistryError, TypeError, ValueError) as exc:
+                fail("weighting.objectives", exc)
+            if w.objectives.name == "hypervolume" and recipe.data.eval is None:
+                fail("weighting.objectives", "hypervolume needs held-out prompts: set data.eval")
+        for i, spec in enumerate(w.sequences):
+            try:
+                build_sequence_strategies([spec.model_dump()])
+            except (RegistryError, TypeError, ValueError) as exc:
+                fail(f"weighting.sequences.{i}", exc)
+        names = [s.name for s in w.sequences]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            fail("weighting.sequences", f"{dupes[0]} is listed twice")
     if w.tokens:
         from posttrain.weighting.tokens import parse_token_specs
 

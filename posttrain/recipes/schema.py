@@ -73,8 +73,13 @@ class StrategySpec(BaseModel):
 
 class WeightingSection(_Strict):
     tokens: List[StrategySpec] = Field(default_factory=list, description="Token weight strategies; they multiply.")
-    sequences: List[StrategySpec] = Field(default_factory=list, description="Sequence / prompt strategies.")
-    objectives: Optional[StrategySpec] = Field(None, description="Objective (reward) weighting strategy.")
+    sequences: List[StrategySpec] = Field(
+        default_factory=list, description="Sequence / prompt strategies (GRPO): dra | seed | loss_reweighting, each "
+        "at most once; arguments are the strategy's own plus trainer options (dra: scope, seed: answer).")
+    objectives: Optional[StrategySpec] = Field(
+        None, description="Objective (reward) weighting strategy (GRPO; one objective per reward): fixed | "
+        "hypervolume | lagrangian | recap | trust. May hold one argument block per strategy name, used when that "
+        "strategy is selected, e.g. {name: fixed, lagrangian: {thresholds: [null, 0.8]}}.")
     pairs: List[StrategySpec] = Field(default_factory=list, description="DPO pair weighting strategies.")
     scope: Literal["micro", "local", "global"] = Field(
         "micro",

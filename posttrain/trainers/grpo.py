@@ -3,7 +3,10 @@
 Where the weights enter a step (design.md):
 - token strategies (``weighting.tokens``) run in :meth:`_compute_loss` on the micro-batch (or on all processes'
   micro-batches gathered, ``scope: global``) and reach the loss through :func:`posttrain.losses.policy_loss`;
-- with no token strategy configured the loss is TRL's own ``_compute_loss`` untouched.
+- with no token strategy configured the loss is TRL's own ``_compute_loss`` untouched;
+- objective weights (``weighting.objectives``) set TRL's ``reward_weights`` at the end of ``_calculate_rewards``
+  and sequence strategies (``weighting.sequences``) adjust the advantages after TRL's
+  ``_generate_and_score_completions`` (:mod:`posttrain.trainers.reweighting` explains each placement).
 Reliability (docs/reliability.md): rewards wrapped in :class:`posttrain.rewards.safe.SafeReward` report failed
 samples, which are excluded from the advantages here; a :class:`StepGuard` skips steps with a non-finite loss or
 gradient; checkpoints carry posttrain's own state and a completion marker (:class:`CheckpointStateMixin`).
@@ -24,6 +27,7 @@ from posttrain.losses import policy_loss
 from posttrain.rewards.safe import SafeReward
 from posttrain.trainers.checkpointing import CheckpointStateMixin
 from posttrain.trainers.guards import GuardedTrainerMixin
+from posttrain.trainers.reweighting import RewardWeightingMixin
 from posttrain.weighting.tokens import TokenBatch, apply_token_strategies, parse_token_specs, token_weight_stats
 from posttrain.weighting.tokens import required_inputs
 
@@ -32,16 +36,17 @@ _AGGREGATION = {"grpo": "seq_mean_token_mean", "bnpo": "token_mean", "dr_grpo": 
 logger = logging.getLogger("posttrain.trainers")
 
 
-class PosttrainGRPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, GRPOTrainer):
+class PosttrainGRPOTrainer(RewardWeightingMixin, GuardedTrainerMixin, CheckpointStateMixin, GRPOTrainer):
     """TRL's GRPO plus posttrain's reweighting hooks.  With no weighting configured it is exactly TRL's GRPO.
 
     Extra keyword arguments: ``weighting`` (the recipe's ``weighting`` section), ``max_reward_failure_fraction``
     (stop when more than this fraction of a step's samples has a failed reward; default 0.5),
-    ``max_nonfinite_steps`` (stop after this many consecutive skipped steps; default 3) and ``diagnostics_dir``.
+    ``max_nonfinite_steps`` (stop after this many consecutive skipped steps; default 3), ``diagnostics_dir`` and
+    ``objective_eval_dataset`` (held-out prompts for the ``hypervolume`` objective strategy's evaluations).
     """
 
     def __init__(self, *args, weighting=None, max_reward_failure_fraction: float = 0.5, max_nonfinite_steps: int = 3,
-                 diagnostics_dir=None, **kwargs):
+                 diagnostics_dir=None, objective_eval_dataset=None, **kwargs):
         if not 0.0 <= max_reward_failure_fraction <= 1.0:
             raise UserError(f"max_reward_failure_fraction must be in [0, 1], got {max_reward_failure_fraction}")
         self.max_reward_failure_fraction = max_reward_failure_fraction
@@ -56,6 +61,7 @@ class PosttrainGRPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, GRPOTraine
         self._normalize = weighting.normalize if weighting is not None else "count"
         super().__init__(*args, **kwargs)
         self._install_guard(max_nonfinite_steps, diagnostics_dir)
+        self._setup_reward_weighting(weighting, objective_eval_dataset)
         if self._token_specs:
             self._check_token_weighting_supported()
         # Clip-Cov draws random tokens: a dedicated generator, seeded identically on every rank so that
@@ -119,6 +125,7 @@ class PosttrainGRPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, GRPOTraine
                 f"(the weights diverged; lower train.learning_rate?); diagnostics in {path}; resume from the last "
                 f"complete checkpoint, if any, with --resume"
             ) from None
+        out = self._reweight_advantages(out, "train" if self.model.training else "eval")
         if not self._token_specs:
             return out
         # Group layout survives TRL's shuffling of the generation batch: carry each row's group id along.
@@ -159,6 +166,7 @@ class PosttrainGRPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, GRPOTraine
                 f"{frac:.0%} of the samples of step {self.state.global_step + 1} have a failed reward "
                 f"(limit reliability.max_reward_failure_fraction={self.max_reward_failure_fraction}): {reasons}",
                 reasons=reasons)
+        self._reweight_before_mix(rewards_per_func, completions, mode)
         return rewards_per_func
 
     # ------------------------------------------------------------------ checkpoint state
