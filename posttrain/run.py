@@ -107,13 +107,18 @@ def build_trl_args(recipe: Recipe, out: Path):
         logging_steps=recipe.output.logging_steps,
     )
     if recipe.distributed.zero_stage or recipe.distributed.config:
-        from posttrain.distributed import deepspeed_config
+        from posttrain.distributed import apply_deepspeed
 
-        train["deepspeed"] = deepspeed_config(recipe.distributed)
+        apply_deepspeed(train, recipe.distributed)  # shipped/user JSON; precision made to agree with train
     try:
-        return GRPOConfig(**train)
+        args = GRPOConfig(**train)
     except (ValueError, TypeError) as exc:
         raise UserError(f"train: {str(exc).splitlines()[0]}") from None
+    if "deepspeed" in train:
+        from posttrain.distributed import check_deepspeed_mismatches
+
+        check_deepspeed_mismatches(args)
+    return args
 
 
 def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool = False) -> dict:
@@ -131,6 +136,8 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
     import torch
     from transformers import set_seed
 
+    from posttrain.debug import debug_callbacks
+    from posttrain.distributed import full_policy, save_final_model
     from posttrain.evaluation import evaluate
     from posttrain.models import ModelLoadError, load_model_and_tokenizer
     from posttrain.reporting import plot_curves, write_json
@@ -186,7 +193,7 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
         train_dataset=train_ds,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[JsonlMetricsCallback(metrics_path)],
+        callbacks=[JsonlMetricsCallback(metrics_path), *debug_callbacks()],
         weighting=recipe.weighting,
     )
     t_train = time.time()
@@ -195,17 +202,18 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
     summary["global_step"] = trainer.state.global_step
     summary["train_metrics"] = {k: v for k, v in result.metrics.items()}
 
-    if _is_main():
-        policy = trainer.model
-        if scorer is not None:
-            summary["eval"]["after"] = evaluate(policy, tokenizer, eval_ds, scorer, desc="eval after", **ev_kw)
+    # Every rank enters: with ZeRO-3 the parameters are sharded and must be gathered (posttrain.distributed).
+    if scorer is not None:
+        with full_policy(trainer) as policy:
+            if _is_main():
+                summary["eval"]["after"] = evaluate(policy, tokenizer, eval_ds, scorer, desc="eval after", **ev_kw)
+        if _is_main():
             b, a = summary["eval"].get("before"), summary["eval"]["after"]
             print(f"[posttrain] eval after: accuracy {a['accuracy']:.3f} (n={a['n']})"
                   + (f"; before {b['accuracy']:.3f}" if b else ""), flush=True)
-        if recipe.output.save_model:
-            to_save = policy.merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
-            to_save.save_pretrained(out / "model", safe_serialization=True)
-            tokenizer.save_pretrained(out / "model")
+    if recipe.output.save_model:
+        save_final_model(trainer, tokenizer, out / "model", is_main=_is_main())
+    if _is_main():
         if recipe.output.plots:
             plot_curves(metrics_path, out / "training_curves.png", title=f"{recipe.name} ({recipe.model.name})")
         summary["wall_seconds"] = round(time.time() - t_start, 1)
