@@ -106,6 +106,9 @@ def build_trl_args(recipe: Recipe, out: Path):
         report_to=recipe.output.report_to or "none",
         logging_steps=recipe.output.logging_steps,
     )
+    from posttrain.rollout import rollout_trl_kwargs
+
+    train.update(rollout_trl_kwargs(recipe.rollout))  # HF generate or vLLM (one-line error when vLLM is missing)
     if recipe.distributed.zero_stage or recipe.distributed.config:
         from posttrain.distributed import apply_deepspeed
 
@@ -124,9 +127,10 @@ def build_trl_args(recipe: Recipe, out: Path):
 def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool = False) -> dict:
     if recipe.algorithm != "grpo":
         raise UserError(f"algorithm '{recipe.algorithm}' is not available in this version (only 'grpo')")
-    if recipe.rollout.engine == "vllm":
-        raise UserError("rollout.engine 'vllm' is not wired up yet in this version; use rollout.engine=hf")
     t_start = time.time()
+    from posttrain.rollout import rollout_trl_kwargs
+
+    rollout_trl_kwargs(recipe.rollout)  # vLLM requested but missing: one line now, not after the model loads
     out = prepare_output_dir(recipe, resume)
     if resume and not any((out / "trainer").glob("checkpoint-*")):
         raise UserError(f"--resume: no checkpoint in '{out / 'trainer'}' (set train.save_steps and "
