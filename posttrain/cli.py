@@ -85,8 +85,8 @@ def _dispatch(args) -> int:
     if args.command == "launch":
         from posttrain.launch import launch
 
-        return launch(path, args.overrides, recipe=recipe, nproc=args.nproc, master_port=args.master_port, hostfile=args.hostfile,
-                      master_addr=args.master_addr, resume=args.resume, dry_run=args.dry_run)
+        return launch(path, args.overrides, recipe=recipe, nproc=args.nproc, master_port=args.master_port,
+                      hostfile=args.hostfile, master_addr=args.master_addr, resume=args.resume, dry_run=args.dry_run)
     if args.command == "validate":
         print(f"{path}: OK ({recipe.algorithm}, model {recipe.model.name}, {len(recipe.rewards)} reward(s))")
         return 0

@@ -11,7 +11,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from posttrain.recipes import schema
+# Document the schema of the checkout this script lives in (a git worktree may sit next to an editable install of
+# another checkout, which would otherwise win the import).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from posttrain.recipes import schema  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
 
