@@ -72,18 +72,26 @@ def _saved(out):
     return load_file(out / "model" / "model.safetensors")
 
 
-def test_launch_zero2_lora(tmp_path):
-    out, dumps = _launch(tmp_path, "distributed.zero_stage=2")
-    moved = _check_run(out, dumps)
-    assert all("lora_" in n for n in moved)  # LoRA: only adapters train
-    # the saved model is the LoRA-merged trained policy: W + (alpha / r) * B @ A
+def _check_merged_lora_save(out, dumps):
+    """The saved model is the LoRA-merged trained policy: W + (alpha / r) * B @ A (tiny recipe: r=4, alpha=8)."""
     end, saved = dumps["0_end"], _saved(out)
     prefix = "base_model.model."
-    q = "model.layers.0.self_attn.q_proj"
-    merged = end[f"{prefix}{q}.base_layer.weight"] + 2.0 * (
-        end[f"{prefix}{q}.lora_B.default.weight"] @ end[f"{prefix}{q}.lora_A.default.weight"])
-    assert torch.allclose(saved[f"{q}.weight"], merged, atol=1e-6)
-    assert not torch.allclose(saved[f"{q}.weight"], end[f"{prefix}{q}.base_layer.weight"])
+    for layer in (0, 1):
+        for proj in ("self_attn.q_proj", "mlp.down_proj"):
+            m = f"model.layers.{layer}.{proj}"
+            base = end[f"{prefix}{m}.base_layer.weight"]
+            merged = base + 2.0 * (end[f"{prefix}{m}.lora_B.default.weight"] @ end[f"{prefix}{m}.lora_A.default.weight"])
+            assert torch.allclose(saved[f"{m}.weight"], merged, atol=1e-6), m
+            assert not torch.allclose(saved[f"{m}.weight"], base), f"{m}: LoRA update missing from the saved model"
+    assert not any("lora_" in k or "base_layer" in k for k in saved)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_launch_lora(tmp_path, stage):
+    out, dumps = _launch(tmp_path, f"distributed.zero_stage={stage}")
+    moved = _check_run(out, dumps)
+    assert all("lora_" in n for n in moved)  # LoRA: only adapters train
+    _check_merged_lora_save(out, dumps)
 
 
 def test_launch_zero3_full_finetune(tmp_path):
