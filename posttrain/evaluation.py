@@ -32,8 +32,11 @@ def generate_greedy(model, tokenizer, prompts: List[Any], *, max_new_tokens: int
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
             batch = [_prompt_text(p, tokenizer) for p in prompts[start:start + batch_size]]
             enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            # synced_gpus=False: evaluation is one process on a full model (in a ZeRO-3 run the caller gathers the
+            # parameters, posttrain.distributed.full_policy); transformers would otherwise sync every decoding
+            # step with the other ranks, which are not generating, and hang.
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                 eos_token_id=eos, temperature=None, top_p=None, top_k=None)
+                                 eos_token_id=eos, temperature=None, top_p=None, top_k=None, synced_gpus=False)
             for row in out[:, enc["input_ids"].shape[1]:].tolist():
                 if eos in row:  # keep EOS (rewards may check termination), drop padding after it
                     row = row[: row.index(eos) + 1]

@@ -139,14 +139,22 @@ def build_trl_args(recipe: Recipe, out: Path, config_cls=None):
         report_to=recipe.output.report_to or "none",
         logging_steps=recipe.output.logging_steps,
     )
-    if recipe.distributed.zero_stage or recipe.distributed.config:
-        from posttrain.distributed import deepspeed_config
+    from posttrain.rollout import rollout_trl_kwargs
 
-        train["deepspeed"] = deepspeed_config(recipe.distributed)
+    train.update(rollout_trl_kwargs(recipe.rollout))  # HF generate or vLLM (one-line error when vLLM is missing)
+    if recipe.distributed.zero_stage or recipe.distributed.config:
+        from posttrain.distributed import apply_deepspeed
+
+        apply_deepspeed(train, recipe.distributed)  # shipped/user JSON; precision made to agree with train
     try:
-        return config_cls(**train)
+        args = config_cls(**train)
     except (ValueError, TypeError) as exc:
         raise UserError(f"train: {str(exc).splitlines()[0]}") from None
+    if "deepspeed" in train:
+        from posttrain.distributed import check_deepspeed_mismatches
+
+        check_deepspeed_mismatches(args)
+    return args
 
 
 def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool = False) -> dict:
@@ -156,9 +164,10 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
         return run_dpo_recipe(recipe, recipe_path=recipe_path, overrides=overrides, resume=resume)
     if recipe.algorithm != "grpo":
         raise UserError(f"algorithm '{recipe.algorithm}' is not available in this version (only 'grpo')")
-    if recipe.rollout.engine == "vllm":
-        raise UserError("rollout.engine 'vllm' is not wired up yet in this version; use rollout.engine=hf")
     t_start = time.time()
+    from posttrain.rollout import rollout_trl_kwargs
+
+    rollout_trl_kwargs(recipe.rollout)  # vLLM requested but missing: one line now, not after the model loads
     out = prepare_output_dir(recipe, resume)
     ckpt = resume_checkpoint(out) if resume else None
     threads = configure_threads(recipe)
@@ -166,6 +175,8 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
     import torch
     from transformers import set_seed
 
+    from posttrain.debug import debug_callbacks
+    from posttrain.distributed import full_policy, save_final_model
     from posttrain.evaluation import evaluate
     from posttrain.models import ModelLoadError, load_model_and_tokenizer
     from posttrain.reporting import plot_curves, write_json
@@ -226,7 +237,7 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
         train_dataset=train_ds,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[JsonlMetricsCallback(metrics_path)],
+        callbacks=[JsonlMetricsCallback(metrics_path), *debug_callbacks()],
         weighting=recipe.weighting,
         max_reward_failure_fraction=recipe.reliability.max_reward_failure_fraction,
         max_nonfinite_steps=recipe.reliability.max_nonfinite_steps,
@@ -249,17 +260,18 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
     summary["global_step"] = trainer.state.global_step
     summary["train_metrics"] = {k: v for k, v in result.metrics.items()}
 
-    if _is_main():
-        policy = trainer.model
-        if scorer is not None:
-            summary["eval"]["after"] = evaluate(policy, tokenizer, eval_ds, scorer, desc="eval after", **ev_kw)
+    # Every rank enters: with ZeRO-3 the parameters are sharded and must be gathered (posttrain.distributed).
+    if scorer is not None:
+        with full_policy(trainer) as policy:
+            if _is_main():
+                summary["eval"]["after"] = evaluate(policy, tokenizer, eval_ds, scorer, desc="eval after", **ev_kw)
+        if _is_main():
             b, a = summary["eval"].get("before"), summary["eval"]["after"]
             print(f"[posttrain] eval after: accuracy {a['accuracy']:.3f} (n={a['n']})"
                   + (f"; before {b['accuracy']:.3f}" if b else ""), flush=True)
-        if recipe.output.save_model:
-            to_save = policy.merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
-            to_save.save_pretrained(out / "model", safe_serialization=True)
-            tokenizer.save_pretrained(out / "model")
+    if recipe.output.save_model:
+        save_final_model(trainer, tokenizer, out / "model", is_main=_is_main())
+    if _is_main():
         if recipe.output.plots:
             plot_curves(metrics_path, out / "training_curves.png", title=f"{recipe.name} ({recipe.model.name})")
         summary["wall_seconds"] = round(time.time() - t_start, 1)

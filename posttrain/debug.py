@@ -1,0 +1,47 @@
+"""Debug hooks switched on by environment variables; used by the multi-process tests, harmless otherwise.
+
+``POSTTRAIN_DEBUG_PARAM_DUMP=DIR``: every rank writes ``DIR/rank{R}_begin.pt`` and ``DIR/rank{R}_end.pt``
+({parameter name: full fp32 tensor}) at the start and the end of training.  ZeRO-3 shards are gathered first, so
+the files hold what each rank would use for a forward pass.  Tests use them to check that the replicas agree,
+that training moved the weights, and that the saved model is the trained one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+DUMP_ENV = "POSTTRAIN_DEBUG_PARAM_DUMP"
+
+
+def debug_callbacks() -> list:
+    d = os.environ.get(DUMP_ENV)
+    return [ParamDumpCallback(d)] if d else []
+
+
+class ParamDumpCallback(TrainerCallback):
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory)
+
+    def _dump(self, model, tag: str) -> None:
+        import torch
+
+        named = list(model.named_parameters())
+        params = [p for _, p in named]
+        gather = contextlib.nullcontext()
+        if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3: each rank holds a shard; collective, all ranks
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        with gather:
+            state = {n: p.detach().to(torch.float32).cpu().clone() for n, p in named}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        torch.save(state, self.dir / f"rank{int(os.environ.get('RANK', '0'))}_{tag}.pt")
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._dump(model, "begin")
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._dump(model, "end")
