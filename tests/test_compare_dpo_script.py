@@ -1,0 +1,76 @@
+"""scripts/compare_dpo.py without training: the KL estimator on the tiny model, the report, the CLI guards."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("compare_dpo", ROOT / "scripts" / "compare_dpo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_kl_estimate_is_zero_for_the_reference_and_positive_after_a_change(one_torch_thread):
+    import torch
+
+    from posttrain.data import DATASETS
+    from posttrain.models import load_model_and_tokenizer
+
+    cd = _script()
+    policy, tok = load_model_and_tokenizer("tiny")
+    ref, _ = load_model_and_tokenizer("tiny")
+    prompts = list(DATASETS.get("tweets")(n=2, split="heldout")["prompt"])
+    same = cd.kl_estimate(policy, ref, tok, prompts, max_new_tokens=4, samples=2)
+    assert abs(same["kl_seq"]) < 1e-5 and abs(same["kl_seq_mc"]) < 1e-4
+    assert len(same["greedy_replies"]) == 2 and same["mean_reply_tokens"] <= 4
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    moved = cd.kl_estimate(policy, ref, tok, prompts, max_new_tokens=4, samples=16, seed=1)
+    assert moved["kl_seq"] > 0.05
+    # the plain Monte-Carlo log-ratio estimates the same quantity (loose: it is noisy)
+    assert abs(moved["kl_seq_mc"] - moved["kl_seq"]) < 5 * moved["kl_seq_mc_se"] + 0.05
+
+
+def test_report_writes_tables_paper_numbers_and_plot(tmp_path):
+    cd = _script()
+    kl = {"kl_seq": 1.5, "kl_seq_se": 0.1, "kl_seq_mc": 1.4, "kl_seq_mc_se": 0.3, "kl_per_token": 0.07,
+          "greedy_logratio_per_token": 0.2, "greedy_matches_eval": [5, 5]}
+    run = {"before": 0.55, "n": 32, "steps": 40, "train_seconds": 1200.0, "wall_seconds": 1400.0, "threads": 1,
+           "margin_last": 0.3, "acc_last": 0.7, "kl": kl, "rm_seconds": None, "rm_agrees_with_gold": None,
+           "truncated_after": 1.0}
+    results = {"dpo": {"high": {0: dict(run, after=0.60), 1: dict(run, after=0.64)}},
+               "madpo": {"high": {0: dict(run, after=0.70, kl=None, rm_seconds=560.0, rm_agrees_with_gold=0.9)}}}
+    setup = {"recipe": "recipes/dpo.yaml", "model": "m", "steps": 40, "batch": 8, "lr": 5e-5, "beta": 0.1,
+             "rm_steps": 40, "eval_tokens": 24, "eval_n": 32, "kl_samples": 2}
+    cd.report(results, tmp_path / "dpo.md", tmp_path / "dpo.png", command="python scripts/compare_dpo.py",
+              tiny=False, setup=setup)
+    md = (tmp_path / "dpo.md").read_text()
+    assert "| high (0 %) | dpo | 2 | 0.550 | 0.620 ± 0.028 | +0.070 | 1.500 ± 0.000 | 30.0 |" in md
+    assert "| high (0 %) | madpo | 1 | 0.550 | 0.700 ± 0.000 | +0.150 | n/a |" in md
+    assert "| High | 2.23 | 1.67 | 1.62 | 0.35 |" in md and "| Low | 1.95 | 1.76 | 1.48 | 0.10 |" in md
+    assert "not comparable" in md and "Smoke test" not in md
+    assert (tmp_path / "dpo.png").stat().st_size > 0
+    assert json.dumps(cd.PAPER)  # the paper's table is data, not prose
+
+
+def test_cli_guards(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "scripts/compare_dpo.py", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+
+    res = run("--tiny", "--out-dir", "docs/results", "--runs-dir", str(tmp_path))
+    assert res.returncode == 2 and "refusing to write them into docs/results" in res.stderr
+    res = run("--tiny", "--methods", "ipo", "--levels", "low", "--seeds", "0", "--set", "train.bogus=1",
+              "--runs-dir", str(tmp_path))
+    assert res.returncode == 2 and "ipo/low/seed 0" in res.stderr and "train.bogus" in res.stderr
+    assert not any(tmp_path.iterdir())  # validation happens before anything runs
