@@ -141,7 +141,8 @@ def build_trl_args(recipe: Recipe, out: Path, config_cls=None):
     )
     from posttrain.rollout import rollout_trl_kwargs
 
-    train.update(rollout_trl_kwargs(recipe.rollout))  # HF generate or vLLM (one-line error when vLLM is missing)
+    if config_cls is GRPOConfig:  # rollouts exist only in online RL; DPO / reward models train on fixed data
+        train.update(rollout_trl_kwargs(recipe.rollout))  # HF generate or vLLM (one-line error when vLLM is missing)
     if recipe.distributed.zero_stage or recipe.distributed.config:
         from posttrain.distributed import apply_deepspeed
 

@@ -35,6 +35,12 @@ def test_overrides_are_typed_and_nested():
     assert r.name == "tiny_grpo"
 
 
+def test_unknown_dpo_loss_type_is_a_recipe_error():
+    with pytest.raises(RecipeError, match="train.loss_type: unknown DPO loss type 'bogus'"):
+        load_recipe(ROOT / "recipes" / "tiny_dpo.yaml", ["train.loss_type=[sigmoid, bogus]"])
+    assert load_recipe(ROOT / "recipes" / "tiny_dpo.yaml", ["train.loss_type=[ipo]"]).train["loss_type"] == ["ipo"]
+
+
 def test_yaml_1_1_exponent_numbers_become_floats():
     """YAML 1.1 reads 1e-5 (no dot) as a string; TRL would hand the string to the optimizer (a traceback)."""
     r = load_recipe(TINY, ["train.learning_rate=1e-5"])

@@ -48,6 +48,8 @@ def run_dpo_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bo
     from posttrain.evaluation import evaluate
     from posttrain.models import ModelLoadError, load_model_and_tokenizer
     from posttrain.reporting import plot_curves, write_json
+    from posttrain.debug import debug_callbacks
+    from posttrain.distributed import full_policy, save_final_model
     from posttrain.trainers import AdaptiveDPOTrainer, JsonlMetricsCallback
 
     set_seed(recipe.seed)
@@ -107,7 +109,7 @@ def run_dpo_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bo
     try:
         trainer = AdaptiveDPOTrainer(
             model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, peft_config=peft_config,
-            callbacks=[JsonlMetricsCallback(metrics_path)],
+            callbacks=[JsonlMetricsCallback(metrics_path), *debug_callbacks()],
             pair_strategies=[s.model_dump() for s in recipe.weighting.pairs],
             max_nonfinite_steps=recipe.reliability.max_nonfinite_steps, diagnostics_dir=out / "diagnostics",
         )
@@ -130,17 +132,18 @@ def run_dpo_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bo
     summary["global_step"] = trainer.state.global_step
     summary["train_metrics"] = dict(result.metrics)
 
-    if _is_main():
-        policy = trainer.model
-        if scorer is not None:
-            summary["eval"]["after"] = evaluate(policy, tokenizer, eval_ds, scorer, desc="eval after", **ev_kw)
+    # Every rank enters: with ZeRO-3 the parameters are sharded and must be gathered (posttrain.distributed).
+    if scorer is not None:
+        with full_policy(trainer) as policy:
+            if _is_main():
+                summary["eval"]["after"] = evaluate(policy, tokenizer, eval_ds, scorer, desc="eval after", **ev_kw)
+        if _is_main():
             b, a = summary["eval"].get("before"), summary["eval"]["after"]
             print(f"[posttrain] eval after: mean score {a['mean_score']:.3f}, accuracy {a['accuracy']:.3f} "
                   f"(n={a['n']})" + (f"; before {b['mean_score']:.3f} / {b['accuracy']:.3f}" if b else ""), flush=True)
-        if recipe.output.save_model:
-            to_save = policy.merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
-            to_save.save_pretrained(out / "model", safe_serialization=True)
-            tokenizer.save_pretrained(out / "model")
+    if recipe.output.save_model:
+        save_final_model(trainer, tokenizer, out / "model", is_main=_is_main())
+    if _is_main():
         if recipe.output.plots:
             plot_curves(metrics_path, out / "training_curves.png", title=f"{recipe.name} ({recipe.model.name})")
         summary["wall_seconds"] = round(time.time() - t_start, 1)

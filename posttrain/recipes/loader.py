@@ -169,6 +169,12 @@ def _check_algorithm_sections(recipe: Recipe, source: str) -> None:
         _check_trl_fields(recipe.reward_model.train, RewardConfig, "reward_model.train", source)
 
 
+# The loss types TRL 1.16's DPOTrainer._compute_loss dispatches on; DPOConfig itself accepts any string and the
+# run would only fail at its first step.
+DPO_LOSS_TYPES = frozenset({"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
+                            "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft"})
+
+
 def _check_train_section(recipe: Recipe, source: str) -> None:
     """Keys under ``train:`` must be fields of TRL's config for the algorithm, with values of the right type."""
     if recipe.algorithm == "grpo":
@@ -180,6 +186,12 @@ def _check_train_section(recipe: Recipe, source: str) -> None:
     ng = recipe.train.get("num_generations", 8 if recipe.algorithm == "grpo" else None)
     if recipe.algorithm == "grpo" and isinstance(ng, int) and ng < 2:
         raise RecipeError(f"{source}: train.num_generations: GRPO needs at least 2 generations per prompt (got {ng})")
+    if recipe.algorithm != "grpo" and "loss_type" in recipe.train:
+        types = recipe.train["loss_type"]
+        for t in [types] if isinstance(types, str) else types:
+            if t not in DPO_LOSS_TYPES:
+                raise RecipeError(f"{source}: train.loss_type: unknown DPO loss type {t!r}; "
+                                  f"TRL 1.16 knows: {', '.join(sorted(DPO_LOSS_TYPES))}")
     for key in ("learning_rate", "max_steps", "per_device_train_batch_size"):
         v = recipe.train.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0 and not (key == "max_steps" and v == -1):
