@@ -279,9 +279,12 @@ def _last_line(stderr: str) -> str:
 @pytest.mark.slow
 def test_kill_9_and_resume_reproduces_the_straight_run_exactly(tmp_path):
     """6 steps straight vs: `kill -9` during step 5 (checkpoint-4 then made half-written), resume from
-    checkpoint-3 — the middle of a num_iterations=2 rollout buffer — to step 6.  Identical weights and metrics.
+    checkpoint-3 — the middle of a num_iterations=2 rollout buffer — to step 6.  Identical weights, metrics and
+    strategy state (a Lagrangian objective strategy over two rewards: multipliers and weights).
     Negative control: without posttrain's own checkpoint state the resumed run differs."""
-    recipe = _recipe(tmp_path, '{name: "tests.faulty_rewards:kill_at_step", args: {step: 4}}',
+    recipe = _recipe(tmp_path, '{name: "tests.faulty_rewards:kill_at_step", args: {step: 4}}\n'
+                               '  - {name: "tests.faulty_rewards:flaky", args: {mode: nan, fraction: 0.0, name: b}}\n'
+                               'weighting: {objectives: {name: lagrangian, thresholds: [null, 0.9]}}',
                      max_steps=6, num_iterations=2)
     straight, crashed, no_state = tmp_path / "straight", tmp_path / "crashed", tmp_path / "no_state"
     assert _run("run", str(recipe), f"output.dir={straight}").returncode == 0
@@ -306,6 +309,8 @@ def test_kill_9_and_resume_reproduces_the_straight_run_exactly(tmp_path):
     # identical strategy / generator / buffer state in the final checkpoints
     final = lambda r: torch.load(r / "trainer" / "checkpoint-6" / "posttrain_state.pt", weights_only=True)  # noqa
     _assert_same_state(final(straight), final(crashed))
+    lagrangian = final(crashed)["reward_weighting"]["objective"]
+    assert lagrangian["strategy"] == "lagrangian" and lagrangian["state"], lagrangian
     init = _initial_tiny()
     assert max((a[k] - init[k]).abs().max().item() for k in a if k in init) > 1e-4  # training really moved them
 
