@@ -112,6 +112,95 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
+# ---------------------------------------------------------------- shared by the GRPO run and pipelines/dpo.py
+def write_resolved_recipe(out: Path, recipe: Recipe, recipe_path: str, overrides) -> None:
+    if _is_main():
+        (out / "recipe.resolved.yaml").write_text(
+            f"# resolved from {recipe_path}" + (f" with {' '.join(overrides)}" if overrides else "") + "\n"
+            + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+        )
+
+
+def load_policy(recipe: Recipe):
+    """(model, tokenizer) of ``model.name``; a model that cannot be loaded is a one-line ``UserError``."""
+    import torch
+
+    from posttrain.models import ModelLoadError, load_model_and_tokenizer
+
+    try:
+        return load_model_and_tokenizer(recipe.model.name, dtype=getattr(torch, recipe.model.dtype),
+                                        cache_dir=recipe.model.cache_dir,
+                                        trust_remote_code=recipe.model.trust_remote_code)
+    except ModelLoadError as exc:
+        raise UserError(f"model.name: {exc}") from None
+
+
+def lora_config(recipe: Recipe):
+    """peft ``LoraConfig`` from ``model.lora`` (None: train all weights)."""
+    if recipe.model.lora is None:
+        return None
+    from peft import LoraConfig
+
+    lora = recipe.model.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+
+
+def prepare_metrics_file(out: Path, resume: bool, ckpt) -> Path:
+    """``metrics.jsonl``: a fresh run starts empty; a resumed one keeps the rows up to its checkpoint."""
+    metrics_path = out / "metrics.jsonl"
+    if _is_main() and not resume and metrics_path.exists():
+        metrics_path.unlink()
+    if _is_main() and ckpt is not None:
+        from posttrain.trainers.checkpointing import checkpoint_step
+
+        _truncate_metrics(metrics_path, checkpoint_step(ckpt))
+        print(f"[posttrain] resuming from {ckpt}", flush=True)
+    return metrics_path
+
+
+def raise_if_stopped(trainer, out: Path, summary: dict) -> None:
+    """The trainer's StepGuard stopped the run (failed rewards, non-finite steps): summary, then ``RunStopped``."""
+    if trainer.guard.stop_reason is None:
+        return
+    from posttrain.reporting import write_json
+    from posttrain.trainers.checkpointing import latest_complete_checkpoint
+
+    saved = latest_complete_checkpoint(out / "trainer")
+    if _is_main():
+        summary.update(stopped=trainer.guard.stop_reason, global_step=trainer.state.global_step,
+                       checkpoint=str(saved) if saved else None)
+        write_json(out / "summary.json", summary)
+    raise RunStopped(f"{trainer.guard.stop_reason}; last good state saved in {saved} "
+                     f"(continue with --resume after fixing the cause)")
+
+
+def finish_run(trainer, tokenizer, recipe: Recipe, out: Path, summary: dict, *, t_start: float, metrics_path: Path,
+               scorer, eval_ds, ev_kw: dict, describe_after) -> dict:
+    """Evaluate after training, save the model, plot, write summary.json.  Every rank must call it: with ZeRO-3
+    the parameters are sharded and are gathered for evaluation and saving (posttrain.distributed)."""
+    from posttrain.distributed import full_policy, save_final_model
+    from posttrain.evaluation import evaluate
+    from posttrain.reporting import plot_curves, write_json
+
+    if scorer is not None:
+        with full_policy(trainer) as policy:
+            if _is_main():
+                summary["eval"]["after"] = evaluate(policy, tokenizer, eval_ds, scorer, desc="eval after", **ev_kw)
+        if _is_main():
+            print(f"[posttrain] eval after: {describe_after(summary['eval']['after'], summary['eval'].get('before'))}",
+                  flush=True)
+    if recipe.output.save_model:
+        save_final_model(trainer, tokenizer, out / "model", is_main=_is_main())
+    if _is_main():
+        if recipe.output.plots:
+            plot_curves(metrics_path, out / "training_curves.png", title=f"{recipe.name} ({recipe.model.name})")
+        summary["wall_seconds"] = round(time.time() - t_start, 1)
+        write_json(out / "summary.json", summary)
+        print(f"[posttrain] done in {summary['wall_seconds']:.0f} s -> {out}", flush=True)
+    return summary
+
+
 def build_trl_args(recipe: Recipe, out: Path, config_cls=None):
     import torch
     from trl import GRPOConfig
@@ -173,28 +262,15 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
     ckpt = resume_checkpoint(out) if resume else None
     threads = configure_threads(recipe)
 
-    import torch
     from transformers import set_seed
 
     from posttrain.debug import debug_callbacks
-    from posttrain.distributed import full_policy, save_final_model
     from posttrain.evaluation import evaluate
-    from posttrain.models import ModelLoadError, load_model_and_tokenizer
-    from posttrain.reporting import plot_curves, write_json
     from posttrain.trainers import JsonlMetricsCallback, PosttrainGRPOTrainer
 
     set_seed(recipe.seed)
-    if _is_main():
-        (out / "recipe.resolved.yaml").write_text(
-            f"# resolved from {recipe_path}" + (f" with {' '.join(overrides)}" if overrides else "") + "\n"
-            + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
-        )
-    dtype = getattr(torch, recipe.model.dtype)
-    try:
-        model, tokenizer = load_model_and_tokenizer(recipe.model.name, dtype=dtype, cache_dir=recipe.model.cache_dir,
-                                                    trust_remote_code=recipe.model.trust_remote_code)
-    except ModelLoadError as exc:
-        raise UserError(f"model.name: {exc}") from None
+    write_resolved_recipe(out, recipe, recipe_path, overrides)
+    model, tokenizer = load_policy(recipe)
     train_ds = _build_dataset(recipe.data.train, "data.train")
     eval_ds = _build_dataset(recipe.data.eval, "data.eval") if recipe.data.eval else None
     reward_fns = _build_rewards(recipe.rewards, "rewards", tokenizer, safe=True)
@@ -216,28 +292,14 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
         print(f"[posttrain] eval before: accuracy {summary['eval']['before']['accuracy']:.3f} "
               f"(n={summary['eval']['before']['n']})", flush=True)
 
-    peft_config = None
-    if recipe.model.lora is not None:
-        from peft import LoraConfig
-
-        lora = recipe.model.lora
-        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    metrics_path = out / "metrics.jsonl"
-    if _is_main() and not resume and metrics_path.exists():
-        metrics_path.unlink()
-    if _is_main() and ckpt is not None:
-        from posttrain.trainers.checkpointing import checkpoint_step
-
-        _truncate_metrics(metrics_path, checkpoint_step(ckpt))
-        print(f"[posttrain] resuming from {ckpt}", flush=True)
+    metrics_path = prepare_metrics_file(out, resume, ckpt)
     trainer = PosttrainGRPOTrainer(
         model=model,
         reward_funcs=reward_fns,
         args=args,
         train_dataset=train_ds,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=lora_config(recipe),
         callbacks=[JsonlMetricsCallback(metrics_path), *debug_callbacks()],
         weighting=recipe.weighting,
         max_reward_failure_fraction=recipe.reliability.max_reward_failure_fraction,
@@ -248,34 +310,9 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
     t_train = time.time()
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
     summary["train_seconds"] = round(time.time() - t_train, 1)
-    if trainer.guard.stop_reason is not None:
-        from posttrain.trainers.checkpointing import latest_complete_checkpoint
-
-        saved = latest_complete_checkpoint(out / "trainer")
-        if _is_main():
-            summary.update(stopped=trainer.guard.stop_reason, global_step=trainer.state.global_step,
-                           checkpoint=str(saved) if saved else None)
-            write_json(out / "summary.json", summary)
-        raise RunStopped(f"{trainer.guard.stop_reason}; last good state saved in {saved} "
-                         f"(continue with --resume after fixing the cause)")
+    raise_if_stopped(trainer, out, summary)
     summary["global_step"] = trainer.state.global_step
     summary["train_metrics"] = {k: v for k, v in result.metrics.items()}
-
-    # Every rank enters: with ZeRO-3 the parameters are sharded and must be gathered (posttrain.distributed).
-    if scorer is not None:
-        with full_policy(trainer) as policy:
-            if _is_main():
-                summary["eval"]["after"] = evaluate(policy, tokenizer, eval_ds, scorer, desc="eval after", **ev_kw)
-        if _is_main():
-            b, a = summary["eval"].get("before"), summary["eval"]["after"]
-            print(f"[posttrain] eval after: accuracy {a['accuracy']:.3f} (n={a['n']})"
-                  + (f"; before {b['accuracy']:.3f}" if b else ""), flush=True)
-    if recipe.output.save_model:
-        save_final_model(trainer, tokenizer, out / "model", is_main=_is_main())
-    if _is_main():
-        if recipe.output.plots:
-            plot_curves(metrics_path, out / "training_curves.png", title=f"{recipe.name} ({recipe.model.name})")
-        summary["wall_seconds"] = round(time.time() - t_start, 1)
-        write_json(out / "summary.json", summary)
-        print(f"[posttrain] done in {summary['wall_seconds']:.0f} s -> {out}", flush=True)
-    return summary
+    return finish_run(trainer, tokenizer, recipe, out, summary, t_start=t_start, metrics_path=metrics_path,
+                      scorer=scorer, eval_ds=eval_ds, ev_kw=ev_kw, describe_after=lambda a, b: (
+                          f"accuracy {a['accuracy']:.3f} (n={a['n']})" + (f"; before {b['accuracy']:.3f}" if b else "")))

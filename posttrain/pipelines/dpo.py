@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import time
 
-import yaml
-
 from posttrain.errors import UserError
 from posttrain.recipes import Recipe
 
@@ -28,8 +26,9 @@ def _check_pairs(ds, where: str) -> None:
 
 def run_dpo_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool = False) -> dict:
     # run.py's helpers are reused read-only, so both algorithms treat output dirs, threads and data alike
-    from posttrain.run import (_build_dataset, _build_rewards, _is_main, _truncate_metrics, build_trl_args,
-                               configure_threads, prepare_output_dir, resume_checkpoint)
+    from posttrain.run import (_build_dataset, _build_rewards, _is_main, build_trl_args, configure_threads,
+                               finish_run, load_policy, lora_config, prepare_metrics_file, prepare_output_dir,
+                               raise_if_stopped, resume_checkpoint, write_resolved_recipe)
 
     unused = [k for k, v in (("weighting.tokens", recipe.weighting.tokens),
                              ("weighting.sequences", recipe.weighting.sequences),
@@ -41,23 +40,15 @@ def run_dpo_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bo
     ckpt = resume_checkpoint(out) if resume else None
     threads = configure_threads(recipe)
 
-    import torch
     from transformers import set_seed
     from trl import DPOConfig
 
-    from posttrain.evaluation import evaluate
-    from posttrain.models import ModelLoadError, load_model_and_tokenizer
-    from posttrain.reporting import plot_curves, write_json
     from posttrain.debug import debug_callbacks
-    from posttrain.distributed import full_policy, save_final_model
+    from posttrain.evaluation import evaluate
     from posttrain.trainers import AdaptiveDPOTrainer, JsonlMetricsCallback
 
     set_seed(recipe.seed)
-    if _is_main():
-        (out / "recipe.resolved.yaml").write_text(
-            f"# resolved from {recipe_path}" + (f" with {' '.join(overrides)}" if overrides else "") + "\n"
-            + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
-        )
+    write_resolved_recipe(out, recipe, recipe_path, overrides)
     train_ds = _build_dataset(recipe.data.train, "data.train")
     _check_pairs(train_ds, "data.train")
     eval_ds = _build_dataset(recipe.data.eval, "data.eval") if recipe.data.eval else None
@@ -68,12 +59,7 @@ def run_dpo_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bo
 
         train_ds, summary["reward_model"] = add_margin_column(recipe, train_ds, out, resume=resume)
 
-    dtype = getattr(torch, recipe.model.dtype)
-    try:
-        model, tokenizer = load_model_and_tokenizer(recipe.model.name, dtype=dtype, cache_dir=recipe.model.cache_dir,
-                                                    trust_remote_code=recipe.model.trust_remote_code)
-    except ModelLoadError as exc:
-        raise UserError(f"model.name: {exc}") from None
+    model, tokenizer = load_policy(recipe)
     scorer = None
     if eval_ds is not None and recipe.eval.enabled:
         spec = recipe.eval.reward or (recipe.rewards[0] if recipe.rewards else None)
@@ -91,24 +77,10 @@ def run_dpo_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bo
         print(f"[posttrain] eval before: mean score {b['mean_score']:.3f}, accuracy {b['accuracy']:.3f} "
               f"(n={b['n']})", flush=True)
 
-    peft_config = None
-    if recipe.model.lora is not None:
-        from peft import LoraConfig
-
-        lora = recipe.model.lora
-        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    metrics_path = out / "metrics.jsonl"
-    if _is_main() and not resume and metrics_path.exists():
-        metrics_path.unlink()
-    if _is_main() and ckpt is not None:
-        from posttrain.trainers.checkpointing import checkpoint_step
-
-        _truncate_metrics(metrics_path, checkpoint_step(ckpt))
-        print(f"[posttrain] resuming from {ckpt}", flush=True)
+    metrics_path = prepare_metrics_file(out, resume, ckpt)
     try:
         trainer = AdaptiveDPOTrainer(
-            model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, peft_config=peft_config,
+            model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, peft_config=lora_config(recipe),
             callbacks=[JsonlMetricsCallback(metrics_path), *debug_callbacks()],
             pair_strategies=[s.model_dump() for s in recipe.weighting.pairs],
             max_nonfinite_steps=recipe.reliability.max_nonfinite_steps, diagnostics_dir=out / "diagnostics",
@@ -118,35 +90,10 @@ def run_dpo_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bo
     t_train = time.time()
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
     summary["train_seconds"] = round(time.time() - t_train, 1)
-    if trainer.guard.stop_reason is not None:
-        from posttrain.errors import RunStopped
-        from posttrain.trainers.checkpointing import latest_complete_checkpoint
-
-        saved = latest_complete_checkpoint(out / "trainer")
-        if _is_main():
-            summary.update(stopped=trainer.guard.stop_reason, global_step=trainer.state.global_step,
-                           checkpoint=str(saved) if saved else None)
-            write_json(out / "summary.json", summary)
-        raise RunStopped(f"{trainer.guard.stop_reason}; last good state saved in {saved} "
-                         f"(continue with --resume after fixing the cause)")
+    raise_if_stopped(trainer, out, summary)
     summary["global_step"] = trainer.state.global_step
     summary["train_metrics"] = dict(result.metrics)
-
-    # Every rank enters: with ZeRO-3 the parameters are sharded and must be gathered (posttrain.distributed).
-    if scorer is not None:
-        with full_policy(trainer) as policy:
-            if _is_main():
-                summary["eval"]["after"] = evaluate(policy, tokenizer, eval_ds, scorer, desc="eval after", **ev_kw)
-        if _is_main():
-            b, a = summary["eval"].get("before"), summary["eval"]["after"]
-            print(f"[posttrain] eval after: mean score {a['mean_score']:.3f}, accuracy {a['accuracy']:.3f} "
-                  f"(n={a['n']})" + (f"; before {b['mean_score']:.3f} / {b['accuracy']:.3f}" if b else ""), flush=True)
-    if recipe.output.save_model:
-        save_final_model(trainer, tokenizer, out / "model", is_main=_is_main())
-    if _is_main():
-        if recipe.output.plots:
-            plot_curves(metrics_path, out / "training_curves.png", title=f"{recipe.name} ({recipe.model.name})")
-        summary["wall_seconds"] = round(time.time() - t_start, 1)
-        write_json(out / "summary.json", summary)
-        print(f"[posttrain] done in {summary['wall_seconds']:.0f} s -> {out}", flush=True)
-    return summary
+    return finish_run(trainer, tokenizer, recipe, out, summary, t_start=t_start, metrics_path=metrics_path,
+                      scorer=scorer, eval_ds=eval_ds, ev_kw=ev_kw, describe_after=lambda a, b: (
+                          f"mean score {a['mean_score']:.3f}, accuracy {a['accuracy']:.3f} (n={a['n']})"
+                          + (f"; before {b['mean_score']:.3f} / {b['accuracy']:.3f}" if b else "")))
