@@ -1,4 +1,4 @@
-"""Fixed objective mixes vs dynamic objective weighting (hypervolume, lagrangian, recap) on one multi-objective demo.
+"""Fixed objective mixes vs dynamic objective weighting (hypervolume, gradient, lagrangian, recap) on one multi-objective demo.
 
 Every configuration runs the same recipe (default `recipes/multiobj_arithmetic.yaml`), the same seeds and the same
 step budget, each run in its own `posttrain run` process; only `weighting.objectives` differs. After each run the
@@ -36,15 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # name -> override of weighting.objectives (None: keep the recipe's own argument block for that strategy)
-DEFAULT_CONFIGS = ["fixed:1,1,1", "fixed:2,1,1", "fixed:1,2,2", "hypervolume", "lagrangian"]
+DEFAULT_CONFIGS = ["fixed:1,1,1", "fixed:2,1,1", "fixed:1,2,2", "hypervolume", "gradient", "lagrangian"]
 
 
 def config_override(config: str) -> list[str]:
     if config.startswith("fixed:"):
         weights = [float(x) for x in config.split(":", 1)[1].split(",")]
         return [f"weighting.objectives={{name: fixed, weights: {weights}}}"]
-    if config == "gradient":
-        raise SystemExit("gradient objective weighting is not available yet in the GRPO trainer")
     return [f"weighting.objectives.name={config}"]
 
 
@@ -146,7 +144,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="recipes/multiobj_arithmetic.yaml")
     ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS,
-                    help="fixed:w1,w2,... | hypervolume | lagrangian | recap")
+                    help="fixed:w1,w2,... | hypervolume | gradient | lagrangian | recap")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--eval-prompts", type=int, default=100)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")

@@ -170,6 +170,69 @@ def test_trust_adds_the_discounted_auxiliary_reward_per_group(tiny, tmp_path):
     assert adv[0] > adv[1] > 0 and torch.all(adv[4:] == 0)  # the aux reward ranks the two correct rollouts
 
 
+# ------------------------------------------------------------------------------------- gradient (DRW method (b))
+def test_gradient_objective_gradient_equals_trls_loss_gradient(tiny, tmp_path):
+    """Row k of the per-objective gradients is the gradient of TRL's own GRPO loss (its ``_compute_loss``) on the
+    same completions with reward k's group advantages: the Gram matrix sees exactly the policy gradient TRL
+    would apply for that objective alone."""
+    from trl import GRPOTrainer as TRLGRPO
+
+    rewards = [text_length, vowel_share]
+    tr = _trainer(tiny, tmp_path, rewards, {"name": "fixed"})
+    tr.model.train()
+    tr.current_gradient_accumulation_steps = 1
+    torch.manual_seed(0)
+    out = tr._generate_and_score_completions(_generation_inputs())
+    params = [p for p in tr.model.parameters() if p.requires_grad]
+    tr._gradient_params = params
+    n = out["completion_ids"].size(0)
+    grads = tr._objective_gradients(out, slice(0, n))
+    assert grads.shape == (2, sum(p.numel() for p in params))
+    for k in range(2):
+        adv = group_advantages(tr._last_rewards[:, k].float(), G)
+        assert adv.abs().sum() > 0  # a real comparison
+        inputs = {**out, "advantages": adv}
+        loss = TRLGRPO._compute_loss(tr, tr.model, inputs)
+        ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+        assert torch.allclose(grads[k], ref, rtol=1e-4, atol=1e-7), (k, (grads[k] - ref).abs().max())
+
+
+def test_gradient_objective_moves_weight_to_the_objective_with_a_gradient(tiny, tmp_path):
+    """A constant reward has zero advantages, hence a zero gradient and score s = 0, while the other objective's
+    s = |g|^2 > 0: the exponentiated-gradient step moves weight to it, every step, staying on the simplex."""
+    tr = _trainer(tiny, tmp_path, [text_length, always_high], {"name": "gradient", "regularization_factor": 1.0},
+                  max_steps=3)
+    tr.train()
+    w_len, w_const = _logged(tr, "reward_weights/text_length"), _logged(tr, "reward_weights/always_high")
+    assert len(w_len) == 3
+    assert 0.5 < w_len[0] < w_len[1] < w_len[2] < 1.0
+    assert all(abs(a + b - 1.0) < 1e-9 for a, b in zip(w_len, w_const))
+    assert _logged(tr, "objective_weighting/gradient_score/always_high") == [0.0] * 3
+    assert min(_logged(tr, "objective_weighting/gradient_score/text_length")) > 0
+    # state round trip: the weights and the strategy state come back from a checkpoint
+    fresh = _trainer(tiny, tmp_path / "b", [text_length, always_high], {"name": "gradient", "regularization_factor": 1.0})
+    fresh.load_posttrain_state(tr.posttrain_state())
+    assert fresh._objective.weights() == tr._objective.weights()
+    assert fresh.reward_weights.tolist() == tr.reward_weights.tolist()
+
+
+def test_gradient_identical_objectives_keep_equal_weights_and_parameter_filter(tiny, tmp_path):
+    """Two copies of the same reward have identical gradients, so identical scores: weights stay uniform.
+    ``parameters`` restricts the Gram matrix to the matching tensors; matching none is a one-line error."""
+    def text_length_again(completions, **kw):
+        return text_length(completions)
+
+    tr = _trainer(tiny, tmp_path, [text_length, text_length_again],
+                  {"name": "gradient", "parameters": r"layers\.1\."}, max_steps=2)
+    assert tr._gradient_params and all(p.requires_grad for p in tr._gradient_params)
+    names = {id(p): n for n, p in tr.model.named_parameters()}
+    assert all("layers.1." in names[id(p)] for p in tr._gradient_params)
+    tr.train()
+    assert _logged(tr, "reward_weights/text_length") == [pytest.approx(0.5)] * 2
+    with pytest.raises(UserError, match="no trainable parameter matches"):
+        _trainer(tiny, tmp_path / "none", [text_length], {"name": "gradient", "parameters": "no_such_layer"})
+
+
 # ------------------------------------------------------------------------------------------ hypervolume (held out)
 def test_hypervolume_evaluates_each_objective_and_scales_advantages(tiny, tmp_path):
     eval_ds = arithmetic_problems(6, low=1, high=9, split="heldout")
@@ -285,7 +348,8 @@ def test_sequence_strategies_in_a_real_training_step(tiny, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("override, fragment", [
-    ("weighting.objectives={name: gradient}", "weighting.objectives: the 'gradient' objective strategy is not available yet"),
+    ("weighting.objectives={name: gradient, parameters: 'lora_(A'}", "weighting.objectives: gradient: parameters is not a valid"),
+    ("weighting.objectives={name: gradient, initial_weights: [1, 1]}", "weighting.objectives: gradient: initial_weights has 2 entries but num_objectives=1"),
     ("weighting.objectives={name: lagrangian}", "weighting.objectives: lagrangian: 'thresholds' is required"),
     ("weighting.objectives={name: lagrangian, thresholds: [0.5, 0.5]}", "weighting.objectives: lagrangian: configured for 2"),
     ("weighting.objectives={name: trust}", "weighting.objectives: trust needs exactly 2 rewards"),

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -71,6 +72,7 @@ from posttrain.rewards.base import completion_text
 from posttrain.weighting.objectives import (
     ConvergenceInstabilityWeights,
     FixedWeights,
+    GradientWeights,
     HypervolumeWeights,
     LagrangianWeights,
     TrustWeighting,
@@ -120,8 +122,10 @@ class RewardWeightingMixin:
             if name in self._sequences:
                 raise UserError(f"weighting.sequences: {name} is listed twice")
             self._sequences[name] = (obj, kwargs, opts)
+        if isinstance(self._objective, GradientWeights):
+            self._setup_gradient_objective()
         if self._recomputes_rewards() and self.multi_objective_aggregation != "sum_then_normalize":
-            raise UserError("weighting: dra / trust reshape the summed reward and need "
+            raise UserError("weighting: dra / trust / gradient reshape the summed reward and need "
                             "train.multi_objective_aggregation=sum_then_normalize")
         if isinstance(self._objective, HypervolumeWeights):
             if eval_dataset is None or len(eval_dataset) == 0:
@@ -129,7 +133,7 @@ class RewardWeightingMixin:
             self.add_callback(_ObjectiveEvalCallback(self))
 
     def _recomputes_rewards(self) -> bool:
-        return "dra" in self._sequences or isinstance(self._objective, TrustWeighting)
+        return "dra" in self._sequences or isinstance(self._objective, (TrustWeighting, GradientWeights))
 
     # ------------------------------------------------------------------ objective weights (before TRL's mix)
     def _objective_names(self) -> List[str]:
@@ -162,6 +166,8 @@ class RewardWeightingMixin:
             strat.set_reference(ref)
             for name, v in zip(self._objective_names(), ref):
                 metrics[f"objective_eval_reference/{name}"].append(v)
+        if isinstance(strat, GradientWeights):
+            return  # updated and logged in _reweight_advantages, where the completions' token ids are at hand
         weights = strat.weights()
         factor = 1.0
         if isinstance(strat, HypervolumeWeights):
@@ -227,6 +233,76 @@ class RewardWeightingMixin:
                             f"on the held-out prompts")
         return (sums[0] / sums[1]).tolist()
 
+    # ------------------------------------------------------------------ gradient objective weights (DRW (b))
+    def _setup_gradient_objective(self) -> None:
+        """Pick the parameters whose per-objective gradients feed the Gram matrix (``parameters``: a regular
+        expression searched in each trainable parameter's name; default every trainable parameter, i.e. the LoRA
+        adapters when LoRA is on)."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None and int(getattr(plugin, "zero_stage", 0) or 0) == 3:
+            raise UserError("weighting.objectives: the gradient strategy needs whole parameters on every process; "
+                            "it does not run under ZeRO-3 (use ZeRO-2 or no DeepSpeed)")
+        pattern = self._objective_opts.get("parameters")
+        model = self.accelerator.unwrap_model(self.model)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if pattern is not None:
+            named = [(n, p) for n, p in named if re.search(pattern, n)]
+        if not named:
+            raise UserError(f"weighting.objectives: gradient: no trainable parameter matches parameters={pattern!r}")
+        self._gradient_params = [p for _, p in named]
+        logger.info("gradient objective weighting over %d parameter tensors (%d values)", len(named),
+                    sum(p.numel() for p in self._gradient_params))
+
+    def _objective_gradients(self, out: dict, local: slice) -> torch.Tensor:
+        """``[K, P]``: per objective k, the policy gradient of the loss built from reward k alone.
+
+        Advantages ``A_k`` are reward k's group advantages (TRL's formula, ``scale_rewards`` as configured) over the
+        gathered batch; the loss is ``-sum_{i,t} A_k,i log pi(y_i,t) / T`` with ``T`` the completion tokens of the
+        whole batch (all processes), whose gradient at the rollout policy is the on-policy GRPO/DAPO policy
+        gradient (importance ratio 1, clipping inactive). One forward, ``K`` backward passes
+        (``retain_graph``), restricted to the selected parameters; the ``[K, P]`` result is summed over
+        processes, so every rank holds the same gradients of the global loss."""
+        rpf = self._last_rewards
+        g = self.num_generations
+        mask = out["completion_mask"].float()
+        total_tokens = self.accelerator.reduce(mask.sum().detach(), reduction="sum").clamp(min=1.0)
+        input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+        attention = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+        model = self.accelerator.unwrap_model(self.model)  # no DDP / engine hooks: these backward passes are ours
+        rows = []
+        with torch.enable_grad():
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                model, input_ids, attention, out["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size)
+            seq_logp = (logps * mask).sum(dim=1)
+            for k in range(rpf.size(1)):
+                adv = group_advantages(rpf[:, k].float(), g, scale=self.scale_rewards)[local]
+                loss = -(adv.to(seq_logp.device, seq_logp.dtype) * seq_logp).sum() / total_tokens
+                grads = torch.autograd.grad(loss, self._gradient_params, retain_graph=k + 1 < rpf.size(1),
+                                            allow_unused=True)
+                rows.append(torch.cat([(torch.zeros_like(p) if gr is None else gr).reshape(-1).float()
+                                       for gr, p in zip(grads, self._gradient_params)]))
+        return self.accelerator.reduce(torch.stack(rows), reduction="sum")
+
+    def _update_gradient_objective(self, out: dict, local: slice, metrics) -> None:
+        """DRW (b): exponentiated-gradient step on the Gram alignment scores with the actor's current learning
+        rate; the new weights form this step's reward (the official order)."""
+        strat = self._objective
+        grads = self._objective_gradients(out, local)
+        if not bool(torch.isfinite(grads).all()):
+            logger.warning("gradient objective weighting: non-finite per-objective gradient; weights not updated")
+            return
+        lr = float(self.lr_scheduler.get_last_lr()[0]) if self.lr_scheduler is not None else self.args.learning_rate
+        weights = strat.update(grads.cpu().double(), lr)
+        self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+        names = self._objective_names()
+        for name, w in zip(names, weights):
+            metrics[f"reward_weights/{name}"].append(float(w))
+        for name, v in zip(names, strat.last_scores or []):
+            metrics[f"objective_weighting/gradient_score/{name}"].append(float(v))
+        for name, v in zip(names, grads.norm(dim=1).tolist()):
+            metrics[f"objective_weighting/gradient_norm/{name}"].append(float(v))
+
     # ------------------------------------------------------------------ sequence strategies (advantages)
     def _reweight_advantages(self, out: dict, mode: str) -> dict:
         """Called after TRL's ``_generate_and_score_completions``; returns ``out`` with adjusted advantages."""
@@ -243,6 +319,8 @@ class RewardWeightingMixin:
             rpf = self._last_rewards
             unscorable = torch.isnan(rpf).all(dim=1)
             group_ids = torch.arange(rpf.size(0), device=rpf.device) // g
+            if isinstance(self._objective, GradientWeights):
+                self._update_gradient_objective(out, local, metrics)
             if isinstance(self._objective, TrustWeighting):
                 # outcome = first reward, auxiliary = second; a missing auxiliary score counts as 0
                 outcome, aux = torch.nan_to_num(rpf[:, 0], nan=0.0), torch.nan_to_num(rpf[:, 1], nan=0.0)

@@ -7,7 +7,7 @@ the few *trainer options* listed below, which say where and how the trainer feed
 
 Defaults the trainer fills in from the recipe's ``rewards`` (one objective per reward, in order):
 ``names`` (the rewards' names), ``num_objectives``, ``weights`` for ``fixed`` (the rewards' ``weight``; normalised)
-and ``hypervolume`` (the same, normalised), ``maximize`` for ``hypervolume`` (all true: every shipped reward is
+and ``hypervolume`` (the same, normalised), ``initial_weights`` for ``gradient`` (the same, normalised), ``maximize`` for ``hypervolume`` (all true: every shipped reward is
 "higher is better"; brevity is a reward in [0, 1], not a token count).
 
 Argument blocks: besides its own arguments a spec may hold one mapping per strategy name, used only when that
@@ -25,6 +25,9 @@ strategy                      option (default)         meaning
 ============================  =======================  ==================================================================
 ``hypervolume``               ``eval_prompts`` (32)    held-out prompts (the first N of ``data.eval``) evaluated greedily
 ``hypervolume``               ``eval_max_new_tokens``  greedy length (default: ``train.max_completion_length``)
+``gradient``                  ``parameters`` (all)     regular expression searched in the trainable parameters' names:
+                                                       the gradients of the Gram matrix (default: every trainable
+                                                       parameter, the LoRA adapters with LoRA)
 ``dra``                       ``scope`` (``group``)    similarity over each prompt's group (paper wording) or
                                                        ``process`` (every completion of the process: the official code)
 ``seed``                      ``answer`` (``last``)    how a completion's final answer is read: ``last`` / ``first`` /
@@ -34,12 +37,14 @@ strategy                      option (default)         meaning
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 OBJECTIVE_OPTIONS: Dict[str, Dict[str, Any]] = {
     "hypervolume": {"eval_prompts": 32, "eval_max_new_tokens": None},
+    "gradient": {"parameters": None},
 }
 SEQUENCE_OPTIONS: Dict[str, Dict[str, Any]] = {
     "dra": {"scope": "group"},
@@ -48,9 +53,6 @@ SEQUENCE_OPTIONS: Dict[str, Dict[str, Any]] = {
 }
 DRA_SCOPES = ("group", "process")
 SEED_ANSWERS = ("last", "first", "strict", "text")
-#: registry names the GRPO trainer can apply (every registered name, minus these, is wired)
-NOT_WIRED = {"gradient": "the 'gradient' objective strategy is not available yet in the GRPO trainer (it needs one "
-                         "extra backward per objective); use fixed, hypervolume, lagrangian, recap or trust"}
 
 
 def _accepted(obj) -> Tuple[List[str], List[str]]:
@@ -98,7 +100,7 @@ def build_objective_strategy(spec: Dict[str, Any], reward_names: Sequence[str],
     blocks = {key: spec.pop(key) for key in list(spec)
               if key in OBJECTIVE_STRATEGIES and isinstance(spec[key], dict)}
     for other, block in blocks.items():
-        if other != name and other not in NOT_WIRED:
+        if other != name:
             try:
                 build_objective_strategy({"name": other, **block}, reward_names, reward_weights)
             except ValueError as exc:
@@ -106,8 +108,6 @@ def build_objective_strategy(spec: Dict[str, Any], reward_names: Sequence[str],
     spec = {**blocks.get(name, {}), **spec}
     k = len(reward_names)
     kwargs, opts = _split(name, cls, spec, OBJECTIVE_OPTIONS.get(name, {}))
-    if name in NOT_WIRED:
-        raise ValueError(NOT_WIRED[name])
     accepted, _ = _accepted(cls)
     weights = list(reward_weights) if reward_weights is not None else [1.0] * k
     fill_names = "names" in accepted and "names" not in kwargs
@@ -122,6 +122,17 @@ def build_objective_strategy(spec: Dict[str, Any], reward_names: Sequence[str],
         _int_option(name, "eval_prompts", opts["eval_prompts"])
         if opts["eval_max_new_tokens"] is not None:
             _int_option(name, "eval_max_new_tokens", opts["eval_max_new_tokens"])
+    if name == "gradient":
+        if "initial_weights" not in kwargs:
+            kwargs["initial_weights"] = normalise_simplex("weights", weights)
+        pattern = opts["parameters"]
+        if pattern is not None:
+            if not isinstance(pattern, str):
+                raise ValueError(f"gradient: parameters must be a regular expression string, got {pattern!r}")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"gradient: parameters is not a valid regular expression ({exc}): {pattern!r}") from None
     if name == "lagrangian" and "thresholds" not in kwargs:
         raise ValueError("lagrangian: 'thresholds' is required: one per reward (the minimum mean reward; null marks "
                          "at most one primary, unconstrained objective)")
