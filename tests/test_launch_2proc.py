@@ -8,46 +8,16 @@ The reward is a user reward loaded by import path whose value varies between sam
 (exact-match rewards are always 0 there, which gives zero advantages and no update at all).
 """
 import json
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from launch_helpers import launch_two
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
-REWARD = '''
-def token_parity(prompts, completions, completion_ids=None, **kwargs):
-    return [float(sum(ids) % 2) for ids in completion_ids]
-'''
-
-
 def _launch(tmp_path, *overrides, timeout=240):
-    from posttrain.distributed import free_port
-
-    (tmp_path / "mp_reward.py").write_text(REWARD)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]), OMP_NUM_THREADS="1",
-               POSTTRAIN_DEBUG_PARAM_DUMP=str(tmp_path / "dump"))
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "posttrain", "launch", "--nproc", "2", "--master_port", str(free_port()),
-           "recipes/tiny_grpo.yaml", f"output.dir={out}", "model.threads=1", "output.plots=false",
-           "rewards=[{name: 'mp_reward:token_parity'}]", *overrides]
-    # own process group: on a timeout (a hang in a collective) the launcher's ranks are killed too
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"launch timed out after {timeout} s (a rank is stuck in a collective?)\n{stderr[-3000:]}")
-    assert proc.returncode == 0, (stdout[-3000:], stderr[-3000:])
-    dumps = {f"{r}_{t}": torch.load(tmp_path / "dump" / f"rank{r}_{t}.pt") for r in (0, 1) for t in ("begin", "end")}
-    return out, dumps
+    return launch_two(tmp_path, "recipes/tiny_grpo.yaml", "rewards=[{name: 'mp_reward:token_parity'}]", *overrides,
+                      timeout=timeout, with_parity_reward=True)
 
 
 def _check_run(out, dumps):

@@ -5,38 +5,16 @@ Checked: both ranks end with identical weights and training moved them; the rewe
 its checkpoint (``posttrain_state_rank{N}.pt``: β-DPO's EMA of the reward gap and its draw generators, the
 objective strategy's multipliers and weights) is identical on both ranks, i.e. the statistics really are global.
 """
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from launch_helpers import launch_two
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 
-def _launch(tmp_path, recipe, *overrides, timeout=300, must_move=True):
-    from posttrain.distributed import free_port
-
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
-               POSTTRAIN_DEBUG_PARAM_DUMP=str(tmp_path / "dump"))
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "posttrain", "launch", "--nproc", "2", "--master_port", str(free_port()), recipe,
-           f"output.dir={out}", "model.threads=1", "output.plots=false", "eval.enabled=false",
-           "train.save_steps=2", *overrides]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"launch timed out after {timeout} s (a rank is stuck in a collective?)\n{stderr[-3000:]}")
-    assert proc.returncode == 0, (stdout[-3000:], stderr[-3000:])
-    dump = {f"{r}_{t}": torch.load(tmp_path / "dump" / f"rank{r}_{t}.pt") for r in (0, 1) for t in ("begin", "end")}
+def _launch(tmp_path, recipe, *overrides, timeout=300, must_move=True, with_parity_reward=False):
+    out, dump = launch_two(tmp_path, recipe, "eval.enabled=false", "train.save_steps=2", *overrides, timeout=timeout,
+                           with_parity_reward=with_parity_reward)
     end0, end1 = dump["0_end"], dump["1_end"]
     assert end0.keys() == end1.keys() and end0
     for name in end0:
@@ -67,3 +45,23 @@ def test_lagrangian_objective_weights_two_processes(tmp_path):
     for k in objective_keys:
         assert s0[k] == s1[k], k
     assert s0["reward_weighting"]["objective"]["state"] != {}
+
+
+def test_hypervolume_evaluation_zero3_two_processes(tmp_path):
+    """ZeRO-3: the held-out evaluation of every objective runs on each rank's share (3 prompts: shares of 2 and 1,
+    different greedy lengths) without a hang, and both ranks get the same evaluation and meta-reward."""
+    s0, s1 = _launch(tmp_path, "recipes/tiny_multiobj_arithmetic.yaml", "distributed.zero_stage=3",
+                     "weighting.objectives={name: hypervolume, eval_every: 1, eval_prompts: 3}", must_move=False)
+    assert s0["reward_weighting"] == s1["reward_weighting"]
+    assert s0["reward_weighting"]["objective"]["state"]["buffer"], s0["reward_weighting"]
+
+
+def test_gradient_objective_weights_two_processes(tmp_path):
+    """ZeRO-2: per-objective gradients are summed over the ranks, so both derive the same weights, and the
+    objective with a gradient (token parity varies between samples) gains weight over a constant-zero one."""
+    s0, s1 = _launch(tmp_path, "recipes/tiny_multiobj_arithmetic.yaml", "distributed.zero_stage=2",
+                     "rewards=[{name: 'mp_reward:token_parity'}, {name: format_reward, args: {name: format}}]",
+                     "weighting.objectives={name: gradient, regularization_factor: 1.0}", with_parity_reward=True)
+    assert s0["reward_weighting"] == s1["reward_weighting"]
+    w = s0["reward_weighting"]["reward_weights"]
+    assert w[0] > 0.5 > w[1] and abs(sum(w) - 1.0) < 1e-6

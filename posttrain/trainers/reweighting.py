@@ -205,6 +205,7 @@ class RewardWeightingMixin:
     def _evaluate_objectives(self) -> List[float]:
         """Greedy completions of the first ``eval_prompts`` held-out prompts, mean score per reward function.
         Prompts are sharded over processes; sums and counts are all-reduced, so every rank gets the same vector."""
+        from posttrain.distributed import full_policy
         from posttrain.evaluation import generate_greedy
 
         ds = self._objective_eval_dataset
@@ -214,10 +215,15 @@ class RewardWeightingMixin:
         prompts = list(part["prompt"])
         k = len(self.reward_funcs)
         sums = torch.zeros(2, k, dtype=torch.float64, device=self.accelerator.device)
+        # every rank enters full_policy (under ZeRO-3 it all-gathers the weights and lifts DeepSpeed's hooks), then
+        # generates its own share alone: shares may differ by one prompt and greedy lengths differ, so no rank may
+        # wait for another inside generate
+        with full_policy(self) as model:
+            if prompts:
+                max_new = self._objective_opts.get("eval_max_new_tokens") or self.max_completion_length
+                texts, ids = generate_greedy(model, self.processing_class, prompts, max_new_tokens=int(max_new),
+                                             batch_size=32, desc="objective eval")
         if prompts:
-            max_new = self._objective_opts.get("eval_max_new_tokens") or self.max_completion_length
-            texts, ids = generate_greedy(self.accelerator.unwrap_model(self.model), self.processing_class, prompts,
-                                         max_new_tokens=int(max_new), batch_size=32, desc="objective eval")
             conversational = isinstance(prompts[0], list)
             completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
             columns = {c: list(part[c]) for c in part.column_names if c != "prompt"}
