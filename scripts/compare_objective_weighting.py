@@ -12,6 +12,8 @@ The base model gets the same evaluation. Written to `docs/results/` (or `--out-d
   maximise; the demos' rewards lie in [0, 1]) -- a point with a non-positive objective spans no volume.
 * `objective_weighting<tag>.png`: pairwise scatter of the objectives (each run a marker, the base model a star).
 * `objective_weighting<tag>.json`: the raw vectors.
+* `objective_weighting<tag>_weights.png`: each dynamic strategy's objective weights over the training steps (the
+  first and last weights of every run are also in the Markdown).
 
     python scripts/compare_objective_weighting.py --seeds 0 1                      # the demo budget (slow)
     python scripts/compare_objective_weighting.py --recipe recipes/tiny_multiobj_arithmetic.yaml --seeds 0 1 \\
@@ -44,6 +46,10 @@ def config_override(config: str) -> list[str]:
         weights = [float(x) for x in config.split(":", 1)[1].split(",")]
         return [f"weighting.objectives={{name: fixed, weights: {weights}}}"]
     return [f"weighting.objectives.name={config}"]
+
+
+def run_dir(runs_dir: Path, config: str, seed: int) -> Path:
+    return runs_dir / f"{config.replace(':', '-').replace(',', '_')}-s{seed}"
 
 
 def run(recipe: str, config: str, seed: int, out: Path, extra: list[str]) -> None:
@@ -79,12 +85,25 @@ def evaluate_objectives(model_dir_or_name: str, recipe, n_prompts: int) -> dict:
     return {"scores": scores, "n": len(prompts), "examples": texts[:3]}
 
 
+def weight_trajectory(run_dir: Path, names: list[str]) -> list[tuple[int, list[float]]]:
+    """``[(step, [w_1..w_K])]`` from the run's ``metrics.jsonl`` (``reward_weights/<name>``, logged every step)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if all(f"reward_weights/{n}" in row for n in names):
+            out.append((int(row.get("step", len(out) + 1)), [float(row[f"reward_weights/{n}"]) for n in names]))
+    return out
+
+
 def _mean_sd(xs):
     return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
 def report(results: dict, base: dict, names: list[str], out_md: Path, out_png: Path, out_json: Path,
-           settings: str) -> None:
+           settings: str, trajectories: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,7 +138,20 @@ def report(results: dict, base: dict, names: list[str], out_md: Path, out_png: P
     for c, runs in results.items():
         for seed, r in sorted(runs.items()):
             lines.append(f"| {c} | {seed} | " + " | ".join(f"{r['scores'][n]:.3f}" for n in names) + " |")
+    trajectories = trajectories or {}
+    if trajectories:
+        lines += ["", "Objective weights (`reward_weights/<name>`, logged every step) at the first and the last step,",
+                  "per run:", "", "| configuration | seed | first step | last step |", "|---|---|---|---|"]
+        for c, per_seed in trajectories.items():
+            for seed, traj in sorted(per_seed.items()):
+                if traj:
+                    fmt = lambda w: "[" + ", ".join(f"{v:.3f}" for v in w) + "]"  # noqa: E731
+                    lines.append(f"| {c} | {seed} | {fmt(traj[0][1])} | {fmt(traj[-1][1])} (step {traj[-1][0]}) |")
     lines += ["", f"![pairwise objectives]({out_png.name})", ""]
+    dynamic = {c: t for c, t in trajectories.items() if any(len({tuple(w) for _, w in tr}) > 1 for tr in t.values())}
+    if dynamic:
+        weights_png = out_png.with_name(out_png.stem + "_weights.png")
+        lines += [f"![objective weights during training]({weights_png.name})", ""]
     out_md.write_text("\n".join(lines))
     out_json.write_text(json.dumps({"base": base, "runs": results, "objectives": names}, indent=2, default=str))
 
@@ -138,6 +170,21 @@ def report(results: dict, base: dict, names: list[str], out_md: Path, out_png: P
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
+    if dynamic:
+        fig, axes = plt.subplots(1, len(dynamic), figsize=(4.2 * len(dynamic), 3.6), squeeze=False)
+        for ax, (c, per_seed) in zip(axes.flat, dynamic.items()):
+            for seed, traj in sorted(per_seed.items()):
+                for k, n in enumerate(names):
+                    ax.plot([st for st, _ in traj], [w[k] for _, w in traj], color=f"C{k}",
+                            ls="-" if seed == min(per_seed) else "--", label=f"{n} (s{seed})")
+            ax.set_title(c)
+            ax.set_xlabel("step")
+            ax.set_ylim(0, 1)
+        axes.flat[0].set_ylabel("objective weight")
+        axes.flat[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(weights_png, dpi=110)
+        plt.close(fig)
 
 
 def main() -> None:
@@ -164,7 +211,7 @@ def main() -> None:
     results: dict = {}
     for config in args.configs:
         for seed in args.seeds:
-            out = runs_dir / f"{config.replace(':', '-').replace(',', '_')}-s{seed}"
+            out = run_dir(runs_dir, config, seed)
             if not args.report_only:
                 run(args.recipe, config, seed, out, args.set)
             ev_path = out / "objective_eval.json"
@@ -193,7 +240,10 @@ def main() -> None:
     out_dir = ROOT / args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"objective_weighting{args.tag}"
-    report(results, base, names, out_dir / f"{stem}.md", out_dir / f"{stem}.png", out_dir / f"{stem}.json", settings)
+    trajectories = {c: {seed: weight_trajectory(run_dir(runs_dir, c, seed), names) for seed in runs}
+                    for c, runs in results.items()}
+    report(results, base, names, out_dir / f"{stem}.md", out_dir / f"{stem}.png", out_dir / f"{stem}.json", settings,
+           trajectories)
     print(f"wrote {out_dir / (stem + '.md')}", flush=True)
 
 
