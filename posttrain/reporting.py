@@ -78,6 +78,38 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str = "")
     return Path(png_path)
 
 
+def plot_margins(margins, weight_fn, png_path: str | Path, title: str = "") -> Path:
+    """Histogram of the per-pair margins (the ``margin`` column MADPO weights by), with the weight each margin gets
+    (``weight_fn``: margins tensor -> weights tensor, e.g. the run's pair weighting) drawn over the same axis range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    m = torch.as_tensor(list(margins), dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.hist(m.numpy(), bins=min(40, max(5, m.numel() // 5)), color="C0", alpha=0.7)
+    ax.set_xlabel("margin h = r(chosen) - r(rejected)")
+    ax.set_ylabel("pairs")
+    ax.axvline(0.0, color="gray", lw=0.8)
+    lo, hi = float(m.min()), float(m.max())
+    pad = 0.05 * (hi - lo) or 1.0
+    grid = torch.linspace(lo - pad, hi + pad, 200, dtype=torch.float64)
+    w = weight_fn(grid)
+    ax2 = ax.twinx()
+    ax2.plot(grid.numpy(), w.double().numpy(), color="C3", lw=1.5)
+    ax2.set_ylabel("pair weight", color="C3")
+    ax2.set_ylim(bottom=0)
+    wm = weight_fn(m).double()
+    ax.set_title(title or f"{m.numel()} pairs; {float((m > 0).double().mean()):.0%} with h > 0; "
+                          f"weights {float(wm.min()):.2f}-{float(wm.max()):.2f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return Path(png_path)
+
+
 def write_json(path: str | Path, obj) -> None:
     tmp = Path(str(path) + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")

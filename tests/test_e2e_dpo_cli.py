@@ -40,7 +40,7 @@ def test_tiny_dpo_run_writes_every_output(tmp_path):
 def test_tiny_madpo_runs_both_stages(tmp_path):
     out = tmp_path / "madpo"
     res = _run("run", "recipes/tiny_dpo_madpo.yaml", f"output.dir={out}", "model.threads=1", "eval.enabled=false",
-               "output.save_model=false", "output.plots=false")
+               "output.save_model=false")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     rm = summary["reward_model"]
@@ -50,6 +50,7 @@ def test_tiny_madpo_runs_both_stages(tmp_path):
     rows = _rows(out)
     assert [r["step"] for r in rows] == [1, 2]
     assert "pairs/margin_mean" in rows[0] and rows[0]["pairs/weight_min"] != rows[0]["pairs/weight_max"]
+    assert (out / "margins.png").is_file() and (out / "training_curves.png").is_file()  # margin histogram
 
 
 def test_dpo_bad_input_is_one_line(tmp_path):

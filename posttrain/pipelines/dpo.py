@@ -93,6 +93,10 @@ def run_dpo_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bo
     raise_if_stopped(trainer, out, summary)
     summary["global_step"] = trainer.state.global_step
     summary["train_metrics"] = dict(result.metrics)
+    if recipe.output.plots and "margin" in train_ds.column_names and _is_main():
+        from posttrain.reporting import plot_margins
+
+        plot_margins(train_ds["margin"], trainer.pair_weighting.margin_weights, out / "margins.png")
     return finish_run(trainer, tokenizer, recipe, out, summary, t_start=t_start, metrics_path=metrics_path,
                       scorer=scorer, eval_ds=eval_ds, ev_kw=ev_kw, describe_after=lambda a, b: (
                           f"mean score {a['mean_score']:.3f}, accuracy {a['accuracy']:.3f} (n={a['n']})"
