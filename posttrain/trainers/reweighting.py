@@ -244,8 +244,9 @@ class RewardWeightingMixin:
         """Pick the parameters whose per-objective gradients feed the Gram matrix (``parameters``: a regular
         expression searched in each trainable parameter's name; default every trainable parameter, i.e. the LoRA
         adapters when LoRA is on)."""
-        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        if plugin is not None and int(getattr(plugin, "zero_stage", 0) or 0) == 3:
+        from posttrain.distributed import is_zero3
+
+        if is_zero3(self):
             raise UserError("weighting.objectives: the gradient strategy needs whole parameters on every process; "
                             "it does not run under ZeRO-3 (use ZeRO-2 or no DeepSpeed)")
         pattern = self._objective_opts.get("parameters")

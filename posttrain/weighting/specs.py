@@ -7,8 +7,9 @@ the few *trainer options* listed below, which say where and how the trainer feed
 
 Defaults the trainer fills in from the recipe's ``rewards`` (one objective per reward, in order):
 ``names`` (the rewards' names), ``num_objectives``, ``weights`` for ``fixed`` (the rewards' ``weight``; normalised)
-and ``hypervolume`` (the same, normalised), ``initial_weights`` for ``gradient`` (the same, normalised), ``maximize`` for ``hypervolume`` (all true: every shipped reward is
-"higher is better"; brevity is a reward in [0, 1], not a token count).
+and ``hypervolume`` (the same, normalised), ``initial_weights`` for ``gradient`` (the same, normalised),
+``maximize`` for ``hypervolume`` (all true: every shipped reward is "higher is better"; brevity is a reward in
+[0, 1], not a token count).
 
 Argument blocks: besides its own arguments a spec may hold one mapping per strategy name, used only when that
 strategy is selected, so that a recipe can be switched with one override (``weighting.objectives.name=lagrangian``)::
