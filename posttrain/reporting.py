@@ -114,3 +114,48 @@ def write_json(path: str | Path, obj) -> None:
     tmp = Path(str(path) + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     tmp.replace(path)
+
+
+# A hand-written interpretation inside a generated report survives regeneration when it sits between these markers.
+NOTES_BEGIN = "<!-- notes: written by hand, kept when the script rewrites this file -->"
+NOTES_END = "<!-- end notes -->"
+
+
+class ReportNotesError(ValueError):
+    """An existing report's hand-written notes block is malformed; the file is left untouched."""
+
+
+def report_notes(path: str | Path) -> str:
+    """The hand-written notes block (markers included) of an existing report; "" if the file or block is absent.
+
+    Raises ``ReportNotesError`` for unbalanced markers. Compare scripts call it before training, so a broken block
+    is reported in one line at the start instead of after hours of runs.
+    """
+    path = Path(path)
+    if not path.exists():
+        return ""
+    old = path.read_text()
+    begins, ends = old.count(NOTES_BEGIN), old.count(NOTES_END)
+    if (begins, ends) not in ((0, 0), (1, 1)) or (begins and old.index(NOTES_END) < old.index(NOTES_BEGIN)):
+        raise ReportNotesError(f"{path}: expected one '{NOTES_BEGIN}' line followed by one '{NOTES_END}' line, "
+                               f"found {begins} and {ends}; fix the notes block by hand (the report is not rewritten "
+                               "until then)")
+    return old[old.index(NOTES_BEGIN):old.index(NOTES_END) + len(NOTES_END)] if begins else ""
+
+
+def write_report(path: str | Path, text: str) -> Path:
+    """Write a generated Markdown report, keeping the hand-written notes block of the file it replaces.
+
+    The block (``NOTES_BEGIN`` ... ``NOTES_END``, markers included) of the existing file is inserted after the first
+    line of ``text`` (the title), so ``--report-only`` re-runs of the compare scripts never lose the interpretation.
+    A file with unbalanced markers is not overwritten (``ReportNotesError``): losing the notes silently is worse.
+    """
+    path = Path(path)
+    notes = report_notes(path)
+    if notes:
+        title, _, rest = text.partition("\n")
+        text = f"{title}\n\n{notes}\n\n{rest.lstrip(chr(10))}"
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text if text.endswith("\n") else text + "\n")
+    tmp.replace(path)
+    return path

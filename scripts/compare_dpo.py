@@ -290,6 +290,8 @@ def report(results: dict, out_md: Path, out_png: Path, *, command: str, tiny: bo
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from posttrain.reporting import write_report
+
     levels = [lv for lv in LEVELS if any(results[m].get(lv) for m in results)]
     methods = list(results)
     lines = ["# DPO variants under label noise (issue 6 evidence)", ""]
@@ -375,7 +377,7 @@ def report(results: dict, out_md: Path, out_png: Path, *, command: str, tiny: bo
         lines.append(f"| {lv.capitalize()} | {p['madpo']} | {p['beta_dpo']} | {p['dpo']} | {p['ipo']} |")
     lines += ["", "methods.md also records: \"+33.3% (High) and +10.5% (Low) over the next best method\" (paper's "
               "claim, same set-up)."]
-    out_md.write_text("\n".join(lines) + "\n")
+    write_report(out_md, "\n".join(lines))
 
     ncol = max(len(levels), 1)
     fig, axes = plt.subplots(2, ncol, figsize=(max(3.6 * ncol + 1, 7.0), 6.6), squeeze=False)
@@ -440,6 +442,12 @@ def main(argv=None) -> int:
     # validate every planned run before training anything (a bad override fails here, in one line)
     sys.path.insert(0, str(ROOT))
     from posttrain.recipes import RecipeError
+    from posttrain.reporting import ReportNotesError, report_notes
+
+    try:  # a broken hand-written notes block would stop the report after hours of runs: say so now
+        report_notes(out_dir / "dpo.md")
+    except ReportNotesError as exc:
+        p.error(str(exc))
 
     plan = []
     for m in args.methods:

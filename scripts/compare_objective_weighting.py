@@ -109,6 +109,7 @@ def report(results: dict, base: dict, names: list[str], out_md: Path, out_png: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from posttrain.reporting import write_report
     from posttrain.weighting.objectives import hypervolume, pareto_front
 
     ref = [0.0] * len(names)
@@ -152,7 +153,7 @@ def report(results: dict, base: dict, names: list[str], out_md: Path, out_png: P
     if dynamic:
         weights_png = out_png.with_name(out_png.stem + "_weights.png")
         lines += [f"![objective weights during training]({weights_png.name})", ""]
-    out_md.write_text("\n".join(lines))
+    write_report(out_md, "\n".join(lines))
     out_json.write_text(json.dumps({"base": base, "runs": results, "objectives": names}, indent=2, default=str))
 
     pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))] or [(0, 0)]
@@ -203,7 +204,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from posttrain.recipes import load_recipe
+    from posttrain.reporting import ReportNotesError, report_notes
 
+    try:  # a broken hand-written notes block would stop the report after hours of runs: say so now
+        report_notes(ROOT / args.out_dir / f"objective_weighting{args.tag}.md")
+    except ReportNotesError as exc:
+        ap.error(str(exc))
     recipe = load_recipe(ROOT / args.recipe, args.set)
     if recipe.data.eval is None:
         raise SystemExit(f"{args.recipe}: needs data.eval (held-out prompts)")

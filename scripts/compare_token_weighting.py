@@ -22,6 +22,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from posttrain.reporting import ReportNotesError, report_notes, write_report  # noqa: E402
+
 METHODS = {
     "plain": "recipes/quickstart.yaml",
     "steer": "recipes/grpo_steer.yaml",
@@ -78,7 +82,7 @@ def report(results: dict, out_md: Path, out_png: Path, steps_note: str) -> None:
     for m, runs in results.items():
         for seed, r in sorted(runs.items()):
             lines.append(f"| {m} | {seed} | {r['before']:.2f} | {r['after']:.2f} | {r['truncated_after']:.2f} |")
-    out_md.write_text("\n".join(lines) + "\n")
+    write_report(out_md, "\n".join(lines))
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     for i, (m, runs) in enumerate(results.items()):
@@ -107,6 +111,10 @@ def main() -> None:
                    help="extra recipe overrides for every run, e.g. model.threads=1 (does not change the budget)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
+    try:  # a broken hand-written notes block would stop the report after hours of runs: say so now
+        report_notes(ROOT / "docs" / "results" / "token_weighting.md")
+    except ReportNotesError as exc:
+        p.error(str(exc))
     extra = ([f"train.max_steps={args.steps}"] if args.steps else []) + list(args.set)
     base = ROOT / args.runs_dir
     results: dict = {}

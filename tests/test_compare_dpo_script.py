@@ -52,9 +52,12 @@ def test_report_writes_tables_paper_numbers_and_plot(tmp_path):
                "madpo": {"high": {0: dict(run, after=0.70, kl=None, rm_seconds=560.0, rm_agrees_with_gold=0.9)}}}
     setup = {"recipe": "recipes/dpo.yaml", "model": "m", "steps": 40, "batch": 8, "lr": 5e-5, "beta": 0.1,
              "rm_steps": 40, "eval_tokens": 24, "eval_n": 32, "kl_samples": 2}
+    notes = "<!-- notes: written by hand, kept when the script rewrites this file -->\n> DPO wins.\n<!-- end notes -->"
+    (tmp_path / "dpo.md").write_text(f"# stale\n\n{notes}\n\nstale table\n")
     cd.report(results, tmp_path / "dpo.md", tmp_path / "dpo.png", command="python scripts/compare_dpo.py",
               tiny=False, setup=setup)
     md = (tmp_path / "dpo.md").read_text()
+    assert md.startswith(f"# DPO variants under label noise (issue 6 evidence)\n\n{notes}\n\n") and "stale" not in md
     assert "| high (0 %) | dpo | 2 | 0.550 | 0.620 ± 0.028 | +0.070 | 1.500 ± 0.000 | 30.0 |" in md
     assert "| high (0 %) | madpo | 1 | 0.550 | 0.700 ± 0.000 | +0.150 | n/a |" in md
     assert "| High | 2.23 | 1.67 | 1.62 | 0.35 |" in md and "| Low | 1.95 | 1.76 | 1.48 | 0.10 |" in md
@@ -74,3 +77,9 @@ def test_cli_guards(tmp_path):
               "--runs-dir", str(tmp_path))
     assert res.returncode == 2 and "ipo/low/seed 0" in res.stderr and "train.bogus" in res.stderr
     assert not any(tmp_path.iterdir())  # validation happens before anything runs
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dpo.md").write_text("# old\n<!-- end notes -->\n")
+    res = run("--tiny", "--out-dir", str(out), "--runs-dir", str(tmp_path / "runs"))
+    assert res.returncode == 2 and "dpo.md: expected one" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "runs").exists() and (out / "dpo.md").read_text() == "# old\n<!-- end notes -->\n"
