@@ -8,7 +8,10 @@ process. Collected per run:
 - the gold reward (VADER positivity in [0, 1], the recipes' `rewards.0` = eval scorer) of greedy replies to the
   held-out tweets, before and after training (from the run's `summary.json`);
 - a KL(policy ‖ reference) estimate, computed here after training from the saved model and the base model (the
-  DPO reference: LoRA runs train adapters on it, so the reference is the base weights). See `kl_estimate`.
+  DPO reference: LoRA runs train adapters on it, so the reference is the base weights). See `kl_estimate`;
+- a paired gain: per held-out prompt, the gold reward of the saved model's greedy reply minus the base model's
+  (generated once, `<runs-dir>/base_greedy.json`), with its standard error over prompts. That is the evaluation
+  noise of one run, to read beside the seed-to-seed spread (the training noise). See `paired_gain`.
 
 Written: `<out-dir>/dpo.md` (tables: method × level, mean ± sd over seeds; every run; the MADPO paper's own reported
 table from methods.md for reference) and `<out-dir>/dpo.png`.
@@ -248,6 +251,65 @@ def kl_for_run(out: Path, *, samples: int, seed: int) -> dict:
     return res
 
 
+# ---------------------------------------------------------------------------------------- paired gain vs base
+def gold_scores(recipe: dict, texts: list[str]) -> list[float]:
+    """The recipe's gold reward (``eval.reward``, else ``rewards.0``) of ``texts``, one reply per held-out prompt in
+    order, scored as `posttrain.evaluation.evaluate` scores them (a missing score is NaN)."""
+    sys.path.insert(0, str(ROOT))
+    from posttrain.data import DATASETS
+    from posttrain.rewards import build_reward
+
+    spec = recipe["eval"].get("reward") or recipe["rewards"][0]
+    ev = recipe["data"]["eval"]
+    ds = DATASETS.get(ev["name"])(**ev.get("args", {}))
+    prompts = list(ds["prompt"])
+    if len(texts) != len(prompts):
+        raise ValueError(f"{len(texts)} replies for {len(prompts)} held-out prompts")
+    completions = [[{"role": "assistant", "content": t}] for t in texts] if isinstance(prompts[0], list) else texts
+    columns = {k: list(ds[k]) for k in ds.column_names if k != "prompt"}
+    fn = build_reward(spec["name"], dict(spec.get("args") or {}))
+    return [float("nan") if x is None else float(x)
+            for x in fn(prompts=prompts, completions=completions, completion_ids=None, **columns)]
+
+
+def base_greedy(runs_dir: Path, recipe: dict) -> list[str]:
+    """The base model's greedy replies to the held-out prompts (the "before" policy of every run), generated with
+    the same code as the runs' replies in ``kl.json``; cached in ``<runs-dir>/base_greedy.json`` per set-up."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from posttrain.data import DATASETS
+    from posttrain.models import load_model_and_tokenizer
+
+    m, ev = recipe["model"], recipe["data"]["eval"]
+    key = {"model": m["name"], "dtype": m.get("dtype", "float32"), "eval_data": ev,
+           "max_new_tokens": recipe["eval"]["max_new_tokens"], "batch_size": recipe["eval"]["batch_size"]}
+    path = runs_dir / "base_greedy.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == json.loads(json.dumps(key)):
+            return cached["greedy_replies"]
+    torch.set_num_threads(int(m.get("threads") or 1))
+    base, tok = load_model_and_tokenizer(m["name"], dtype=getattr(torch, key["dtype"]), cache_dir=m.get("cache_dir"),
+                                         trust_remote_code=m.get("trust_remote_code", False))
+    prompts = list(DATASETS.get(ev["name"])(**ev.get("args", {}))["prompt"])
+    res = kl_estimate(base, base, tok, prompts, max_new_tokens=key["max_new_tokens"], samples=1,
+                      batch_size=key["batch_size"])
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "greedy_replies": res["greedy_replies"]}, indent=2) + "\n")
+    return res["greedy_replies"]
+
+
+def paired_gain(after: list[float], before: list[float]) -> dict:
+    """Mean per-prompt gain (after − before on the same held-out prompt) and its standard error over prompts: the
+    evaluation noise of one run's gain, to set beside the seed-to-seed spread (the training noise)."""
+    d = [a - b for a, b in zip(after, before) if math.isfinite(a) and math.isfinite(b)]
+    if not d:
+        return {"gain": None, "se": None, "n": 0, "after": None}
+    return {"gain": statistics.mean(d), "se": statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0,
+            "n": len(d), "after": statistics.mean(x for x in after if math.isfinite(x))}
+
+
 # ----------------------------------------------------------------------------------------------------- collect
 def collect(out: Path) -> dict:
     s = json.loads((out / "summary.json").read_text())
@@ -319,9 +381,9 @@ def report(results: dict, out_md: Path, out_png: Path, *, command: str, tiny: bo
         "",
         "## Mean over seeds",
         "",
-        "| level (label noise) | method | seeds | gold before | gold after (mean ± sd) | gain | KL nats/reply "
-        "(mean ± sd) | s/step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| level (label noise) | method | seeds | gold before | gold after (mean ± sd) | gain | a run's gain: eval "
+        "se | KL nats/reply (mean ± sd) | s/step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for lv in levels:
         for m in methods:
@@ -332,8 +394,10 @@ def report(results: dict, out_md: Path, out_png: Path, *, command: str, tiny: bo
             b = _mean_sd([r["before"] for r in rs])[0]
             a = _mean_sd([r["after"] for r in rs])[0]
             sps = _mean_sd([r["train_seconds"] / r["steps"] for r in rs if r["train_seconds"] and r["steps"]])[0]
+            ses = [r["paired"]["se"] for r in rs if (r.get("paired") or {}).get("se") is not None]
             lines.append(f"| {lv} ({LABEL_NOISE[lv]}) | {m} | {len(rs)} | {_f(b)} | {_ms([r['after'] for r in rs])} | "
                          f"{'n/a' if a is None or b is None else format(a - b, '+.3f')} | "
+                         f"{_f(math.sqrt(statistics.mean(x * x for x in ses)) if ses else None)} | "
                          f"{_ms([r['kl']['kl_seq'] if r['kl'] else None for r in rs])} | {_f(sps, '.1f')} |")
     lines += ["", "Gold reward after training, mean over seeds (same layout as the paper's table below):", "",
               "| data quality | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
@@ -342,16 +406,19 @@ def report(results: dict, out_md: Path, out_png: Path, *, command: str, tiny: bo
         lines.append(f"| {lv.capitalize()} | " + " | ".join(cells) + " |")
 
     lines += ["", "## Every run", "",
-              "| level | method | seed | steps | before | after | KL nats/reply (± se) | KL MC cross-check (± se) | "
+              "| level | method | seed | steps | before | after | paired gain (± se over prompts) | KL nats/reply "
+              "(± se) | KL MC cross-check (± se) | "
               "KL/token | greedy log-ratio/token | saved model's greedy = eval's | final TRL reward margin | "
               "truncated after | train s | RM s | RM agrees with gold |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for lv in levels:
         for m in methods:
             for seed, r in sorted((results[m].get(lv) or {}).items()):
                 k = r["kl"] or {}
+                pg = r.get("paired") or {}
                 lines.append(
                     f"| {lv} | {m} | {seed} | {r['steps']} | {_f(r['before'])} | {_f(r['after'])} | "
+                    + (f"{pg['gain']:+.3f} ± {pg['se']:.3f} | " if pg.get("gain") is not None else "n/a | ")
                     + (f"{k['kl_seq']:.3g} ± {k['kl_seq_se']:.2g} | {k['kl_seq_mc']:.3g} ± {k['kl_seq_mc_se']:.2g} | "
                        f"{k['kl_per_token']:.3g} | {k['greedy_logratio_per_token']:+.3g} | "
                        f"{'/'.join(map(str, k.get('greedy_matches_eval') or ['n/a']))} | " if k else
@@ -363,7 +430,11 @@ def report(results: dict, out_md: Path, out_png: Path, *, command: str, tiny: bo
               "the policy's greedy replies (not a KL). \"saved model's greedy = eval's\": of the run's logged eval "
               "examples, how many greedy replies of the saved model (re-generated for the KL) are identical "
               "(checks that the KL measures the evaluated policy; batching numerics can flip a rare token). "
-              "KL n/a: no saved model was left to measure.", ""]
+              "KL n/a: no saved model was left to measure. \"paired gain\": mean over held-out prompts of the gold "
+              "reward of the saved model's greedy reply minus the base model's on the same prompt, ± its standard "
+              "error over prompts (the evaluation noise of one run; \"a run's gain: eval se\" above is its root mean "
+              "square over seeds, to compare with the seed-to-seed sd, the training noise). It equals after − before "
+              "when every greedy reply matches the evaluated one.", ""]
 
     lines += ["## For reference: the MADPO paper's reported table (its own set-up, not ours)", "",
               "Copied from `shared/methods.md` D12 (\"Headline results [README, IMDB sentiment, mean gold "
@@ -489,7 +560,17 @@ def main(argv=None) -> int:
                 print(f"[compare_dpo] {out.name}: KL failed: {type(exc).__name__}: {exc}", flush=True)
         if (out / "kl.json").is_file() and (out / "model").is_dir() and not args.keep_models:
             shutil.rmtree(out / "model")
-        results[m].setdefault(lv, {})[s] = collect(out)
+        r = results[m].setdefault(lv, {})[s] = collect(out)
+        if r["kl"] and r["kl"].get("greedy_replies"):
+            try:  # the same held-out prompts before and after: a paired gain with its evaluation standard error
+                import yaml
+
+                recipe = yaml.safe_load((out / "recipe.resolved.yaml").read_text())
+                before = gold_scores(recipe, base_greedy(base, recipe))
+                r["paired"] = paired_gain(gold_scores(recipe, r["kl"]["greedy_replies"]), before)
+                r["paired"]["before"] = statistics.mean(x for x in before if math.isfinite(x))
+            except Exception as exc:  # a failed extra must not lose the run's other numbers
+                print(f"[compare_dpo] {out.name}: paired gain failed: {type(exc).__name__}: {exc}", flush=True)
 
     first = plan[0][4]
     rm_steps = next((planned["reward_model"]["train"].get("max_steps")

@@ -48,7 +48,8 @@ def test_report_writes_tables_paper_numbers_and_plot(tmp_path):
     run = {"before": 0.55, "n": 32, "steps": 40, "train_seconds": 1200.0, "wall_seconds": 1400.0, "threads": 1,
            "margin_last": 0.3, "acc_last": 0.7, "kl": kl, "rm_seconds": None, "rm_agrees_with_gold": None,
            "truncated_after": 1.0}
-    results = {"dpo": {"high": {0: dict(run, after=0.60), 1: dict(run, after=0.64)}},
+    results = {"dpo": {"high": {0: dict(run, after=0.60, paired={"gain": 0.05, "se": 0.03}),
+                                1: dict(run, after=0.64, paired={"gain": 0.09, "se": 0.04})}},
                "madpo": {"high": {0: dict(run, after=0.70, kl=None, rm_seconds=560.0, rm_agrees_with_gold=0.9)}}}
     setup = {"recipe": "recipes/dpo.yaml", "model": "m", "steps": 40, "batch": 8, "lr": 5e-5, "beta": 0.1,
              "rm_steps": 40, "eval_tokens": 24, "eval_n": 32, "kl_samples": 2}
@@ -58,8 +59,11 @@ def test_report_writes_tables_paper_numbers_and_plot(tmp_path):
               tiny=False, setup=setup)
     md = (tmp_path / "dpo.md").read_text()
     assert md.startswith(f"# DPO variants under label noise (issue 6 evidence)\n\n{notes}\n\n") and "stale" not in md
-    assert "| high (0 %) | dpo | 2 | 0.550 | 0.620 ± 0.028 | +0.070 | 1.500 ± 0.000 | 30.0 |" in md
-    assert "| high (0 %) | madpo | 1 | 0.550 | 0.700 ± 0.000 | +0.150 | n/a |" in md
+    # eval se column: root mean square of the runs' paired standard errors, sqrt((0.03² + 0.04²) / 2)
+    assert "| high (0 %) | dpo | 2 | 0.550 | 0.620 ± 0.028 | +0.070 | 0.035 | 1.500 ± 0.000 | 30.0 |" in md
+    assert "| high (0 %) | madpo | 1 | 0.550 | 0.700 ± 0.000 | +0.150 | n/a | n/a |" in md
+    assert "| high | dpo | 1 | 40 | 0.550 | 0.640 | +0.090 ± 0.040 |" in md
+    assert "| high | madpo | 0 | 40 | 0.550 | 0.700 | n/a | n/a |" in md
     assert "| High | 2.23 | 1.67 | 1.62 | 0.35 |" in md and "| Low | 1.95 | 1.76 | 1.48 | 0.10 |" in md
     assert "not comparable" in md and "Smoke test" not in md
     assert (tmp_path / "dpo.png").stat().st_size > 0
@@ -83,3 +87,31 @@ def test_cli_guards(tmp_path):
     res = run("--tiny", "--out-dir", str(out), "--runs-dir", str(tmp_path / "runs"))
     assert res.returncode == 2 and "dpo.md: expected one" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "runs").exists() and (out / "dpo.md").read_text() == "# old\n<!-- end notes -->\n"
+
+
+def test_paired_gain_hand_cases():
+    cd = _script()
+    assert cd.paired_gain([1.0, 0.5], [0.5, 0.5]) == {"gain": 0.25, "se": 0.25, "n": 2, "after": 0.75}
+    nan = float("nan")
+    assert cd.paired_gain([1.0, nan, 0.5], [0.5, 0.5, nan]) == {"gain": 0.5, "se": 0.0, "n": 1, "after": 0.75}
+    assert cd.paired_gain([0.3, 0.3], [0.3, 0.3])["se"] == 0.0  # all equal: no spread
+    assert cd.paired_gain([], []) == {"gain": None, "se": None, "n": 0, "after": None}
+
+
+def test_gold_scores_and_cached_base_replies(tmp_path, one_torch_thread):
+    cd = _script()
+    recipe = cd.planned_recipe("dpo", True, [])
+    recipe["data"]["eval"] = {"name": "tweets", "args": {"n": 2, "split": "heldout"}}
+    recipe["eval"]["max_new_tokens"] = 3
+    good, empty = cd.gold_scores(recipe, ["I love this, wonderful!", ""])
+    assert good > 0.75 and empty == 0.5  # VADER compound rescaled to [0, 1]; an empty reply is neutral
+    with pytest.raises(ValueError, match="1 replies for 2 held-out prompts"):
+        cd.gold_scores(recipe, ["x"])
+    replies = cd.base_greedy(tmp_path, recipe)
+    assert len(replies) == 2 and (tmp_path / "base_greedy.json").is_file()
+    cached = json.loads((tmp_path / "base_greedy.json").read_text())
+    cached["greedy_replies"] = ["from the cache", "2"]
+    (tmp_path / "base_greedy.json").write_text(json.dumps(cached))
+    assert cd.base_greedy(tmp_path, recipe) == ["from the cache", "2"]
+    recipe["eval"]["max_new_tokens"] = 2  # another set-up: regenerated, not the stale cache
+    assert cd.base_greedy(tmp_path, recipe) != ["from the cache", "2"]
