@@ -106,8 +106,10 @@ def _dispatch(args) -> int:
     if args.command == "validate":
         print(f"{path}: OK ({recipe.algorithm}, model {recipe.model.name}, {len(recipe.rewards)} reward(s))")
         return 0
+    from posttrain.distributed import register_shm_cleanup
     from posttrain.run import run_recipe
 
+    register_shm_cleanup()
     run_recipe(recipe, recipe_path=path, overrides=args.overrides, resume=args.resume)
     return 0
 

@@ -53,4 +53,10 @@ def launch(recipe_path: str, overrides: Sequence[str], *, recipe=None, nproc: in
     print(shlex.join(cmd), flush=True)
     if dry_run:
         return 0
-    return subprocess.call(cmd)
+    try:
+        return subprocess.call(cmd)
+    finally:
+        if hostfile is None:  # one node: this machine holds every rank's shared-memory allreduce file
+            from posttrain.distributed import remove_shm_allreduce_buffers
+
+            remove_shm_allreduce_buffers(port=port)

@@ -34,7 +34,8 @@ def launch_two(tmp_path: Path, recipe: str, *overrides: str, timeout: int = 300,
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), OMP_NUM_THREADS="1",
                POSTTRAIN_DEBUG_PARAM_DUMP=str(tmp_path / "dump"))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "posttrain", "launch", "--nproc", "2", "--master_port", str(free_port()), recipe,
+    port = free_port()
+    cmd = [sys.executable, "-m", "posttrain", "launch", "--nproc", "2", "--master_port", str(port), recipe,
            f"output.dir={out}", "model.threads=1", "output.plots=false", *overrides]
     # own process group: on a timeout the launcher's ranks are killed too
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
@@ -46,5 +47,7 @@ def launch_two(tmp_path: Path, recipe: str, *overrides: str, timeout: int = 300,
         stdout, stderr = proc.communicate()
         pytest.fail(f"launch timed out after {timeout} s (a rank is stuck in a collective?)\n{stderr[-3000:]}")
     assert proc.returncode == 0, (stdout[-3000:], stderr[-3000:])
+    # DeepSpeed's shared-memory allreduce files of this run are gone (they leak RAM otherwise; posttrain.distributed)
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     dumps = {f"{r}_{t}": torch.load(tmp_path / "dump" / f"rank{r}_{t}.pt") for r in (0, 1) for t in ("begin", "end")}
     return out, dumps

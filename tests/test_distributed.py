@@ -1,6 +1,7 @@
 """Shipped DeepSpeed configs, precision agreement with the trainer config, and the `posttrain launch` command (fast;
 the 2-process runs are in test_launch_2proc.py and test_zero_loss_2proc.py)."""
 import json
+import os
 import subprocess
 import sys
 import types
@@ -113,3 +114,45 @@ def test_launch_dry_run_and_errors(tmp_path):
         assert res.returncode == 2 and msg in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     res = _cli("launch", "--nproc", "2", "--hostfile", str(tmp_path / "hosts"), "recipes/tiny_grpo.yaml")
     assert res.returncode == 2 and "--hostfile" in res.stderr
+
+
+def _shm_file(d: Path, port, rank, addr="127.0.0.1", uid=None) -> Path:
+    from posttrain.distributed import SHM_PREFIX
+
+    p = d / f"{SHM_PREFIX}_{os.getuid() if uid is None else uid}_{addr}_{port}_{rank}"
+    p.write_bytes(b"x")
+    return p
+
+
+def test_remove_shm_allreduce_buffers_only_touches_its_run(tmp_path):
+    from posttrain.distributed import remove_shm_allreduce_buffers
+
+    r0, r1 = _shm_file(tmp_path, 111, 0), _shm_file(tmp_path, 111, 1)
+    other_port, other_user = _shm_file(tmp_path, 1111, 0), _shm_file(tmp_path, 111, 0, uid=os.getuid() + 1)
+    other_addr = _shm_file(tmp_path, 111, 2, addr="10.0.0.2")
+    assert remove_shm_allreduce_buffers(port=111, addr="127.0.0.1", rank=1, shm_dir=tmp_path) == [r1]
+    assert r0.exists() and not r1.exists()
+    assert sorted(remove_shm_allreduce_buffers(port=111, shm_dir=tmp_path)) == sorted([r0, other_addr])
+    assert other_port.exists() and other_user.exists()
+    assert remove_shm_allreduce_buffers(port=111, shm_dir=tmp_path) == []  # nothing left: no error
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+def test_a_rank_unlinks_its_shm_buffer_at_exit():
+    """A real process with a launcher's environment removes its own rank's file (and no other rank's) at exit."""
+    from posttrain.distributed import free_port
+
+    port = free_port()
+    mine, other = _shm_file(Path("/dev/shm"), port, 1), _shm_file(Path("/dev/shm"), port, 0)
+    try:
+        env = dict(os.environ, MASTER_PORT=str(port), MASTER_ADDR="127.0.0.1", RANK="1")
+        code = "from posttrain.distributed import register_shm_cleanup; assert register_shm_cleanup()"
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=ROOT)
+        assert not mine.exists() and other.exists()
+        env.pop("RANK")  # not started by a launcher: nothing registered
+        code = "from posttrain.distributed import register_shm_cleanup; assert not register_shm_cleanup()"
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=ROOT)
+        assert other.exists()
+    finally:
+        mine.unlink(missing_ok=True)
+        other.unlink(missing_ok=True)
