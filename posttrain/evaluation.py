@@ -48,6 +48,23 @@ def generate_greedy(model, tokenizer, prompts: List[Any], *, max_new_tokens: int
     return texts, ids_out
 
 
+def score_replies(scorer: Callable, dataset, texts: List[str], ids: List[List[int]] | None = None) -> List[float]:
+    """Score one reply per row of ``dataset`` (in order) with ``scorer``, a TRL-style reward function.
+
+    Conversational prompts get conversational completions; the dataset's other columns are passed as keyword
+    arguments, as TRL passes them to reward functions. A ``None`` score (the reward abstains) becomes NaN. This is
+    the scoring half of `evaluate`, shared so that replies generated elsewhere are scored exactly as it scores them.
+    """
+    prompts = list(dataset["prompt"])
+    if len(texts) != len(prompts):
+        raise ValueError(f"{len(texts)} replies for {len(prompts)} prompts")
+    conversational = bool(prompts) and isinstance(prompts[0], list)
+    completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else list(texts)
+    columns = {k: list(dataset[k]) for k in dataset.column_names if k != "prompt"}
+    scores = scorer(prompts=prompts, completions=completions, completion_ids=ids, **columns)
+    return [float("nan") if s is None else float(s) for s in scores]
+
+
 def evaluate(model, tokenizer, dataset, scorer: Callable, *, max_new_tokens: int, batch_size: int,
              success_threshold: float = 1.0, desc: str = "eval", n_examples: int = 5) -> Dict[str, Any]:
     """Score greedy completions of ``dataset['prompt']`` with ``scorer`` (a TRL-style reward function).
@@ -59,11 +76,7 @@ def evaluate(model, tokenizer, dataset, scorer: Callable, *, max_new_tokens: int
     prompts = list(dataset["prompt"])
     texts, ids = generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                  batch_size=batch_size, desc=desc)
-    conversational = bool(prompts) and isinstance(prompts[0], list)
-    completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
-    columns = {k: list(dataset[k]) for k in dataset.column_names if k != "prompt"}
-    scores = scorer(prompts=prompts, completions=completions, completion_ids=ids, **columns)
-    scores = [float("nan") if s is None else float(s) for s in scores]
+    scores = score_replies(scorer, dataset, texts, ids)
     valid = [s for s in scores if math.isfinite(s)]
     eos = tokenizer.eos_token_id
     n = len(prompts)

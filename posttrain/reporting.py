@@ -110,10 +110,17 @@ def plot_margins(margins, weight_fn, png_path: str | Path, title: str = "") -> P
     return Path(png_path)
 
 
-def write_json(path: str | Path, obj) -> None:
+def _write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` through a temporary file and a rename, so a reader never sees half a file."""
+    path = Path(path)
     tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.write_text(text if text.endswith("\n") else text + "\n")
     tmp.replace(path)
+    return path
+
+
+def write_json(path: str | Path, obj) -> None:
+    _write_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
 # A hand-written interpretation inside a generated report survives regeneration when it sits between these markers.
@@ -143,6 +150,18 @@ def report_notes(path: str | Path) -> str:
     return old[old.index(NOTES_BEGIN):old.index(NOTES_END) + len(NOTES_END)] if begins else ""
 
 
+def report_notes_problem(path: str | Path) -> str | None:
+    """The one-line complaint about ``path``'s notes block, or None when it is fine or absent.
+
+    For scripts to check the block before hours of runs: ``if (msg := report_notes_problem(md)): parser.error(msg)``.
+    """
+    try:
+        report_notes(path)
+    except ReportNotesError as exc:
+        return str(exc)
+    return None
+
+
 def write_report(path: str | Path, text: str) -> Path:
     """Write a generated Markdown report, keeping the hand-written notes block of the file it replaces.
 
@@ -155,7 +174,4 @@ def write_report(path: str | Path, text: str) -> Path:
     if notes:
         title, _, rest = text.partition("\n")
         text = f"{title}\n\n{notes}\n\n{rest.lstrip(chr(10))}"
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text if text.endswith("\n") else text + "\n")
-    tmp.replace(path)
-    return path
+    return _write_atomic(path, text)

@@ -220,6 +220,15 @@ def kl_estimate(policy, ref, tokenizer, prompts, *, max_new_tokens: int, samples
     }
 
 
+def eval_dataset(recipe: dict):
+    """The recipe's held-out ``data.eval`` dataset (prompts plus the columns its rewards read)."""
+    sys.path.insert(0, str(ROOT))
+    from posttrain.data import DATASETS
+
+    ev = recipe["data"]["eval"]
+    return DATASETS.get(ev["name"])(**ev.get("args", {}))
+
+
 def kl_for_run(out: Path, *, samples: int, seed: int) -> dict:
     """Load ``<out>/model`` (the trained policy, LoRA merged) and the recipe's base model, and estimate the KL on the
     recipe's held-out ``data.eval`` prompts with the recipe's ``eval.max_new_tokens``; written to ``kl.json``."""
@@ -227,7 +236,6 @@ def kl_for_run(out: Path, *, samples: int, seed: int) -> dict:
     import yaml
 
     sys.path.insert(0, str(ROOT))
-    from posttrain.data import DATASETS
     from posttrain.models import load_model_and_tokenizer
 
     recipe = yaml.safe_load((out / "recipe.resolved.yaml").read_text())
@@ -238,8 +246,7 @@ def kl_for_run(out: Path, *, samples: int, seed: int) -> dict:
     policy, tok = load_model_and_tokenizer(str(out / "model"), dtype=dtype)
     ref, _ = load_model_and_tokenizer(m["name"], dtype=dtype, cache_dir=m.get("cache_dir"),
                                       trust_remote_code=m.get("trust_remote_code", False))
-    ev = recipe["data"]["eval"]
-    prompts = list(DATASETS.get(ev["name"])(**ev.get("args", {}))["prompt"])
+    prompts = list(eval_dataset(recipe)["prompt"])
     res = kl_estimate(policy, ref, tok, prompts, max_new_tokens=recipe["eval"]["max_new_tokens"], samples=samples,
                       seed=seed, batch_size=recipe["eval"]["batch_size"])
     # the saved model must be the evaluated policy: its greedy replies should equal the run's eval examples (same
@@ -254,22 +261,13 @@ def kl_for_run(out: Path, *, samples: int, seed: int) -> dict:
 # ---------------------------------------------------------------------------------------- paired gain vs base
 def gold_scores(recipe: dict, texts: list[str]) -> list[float]:
     """The recipe's gold reward (``eval.reward``, else ``rewards.0``) of ``texts``, one reply per held-out prompt in
-    order, scored as `posttrain.evaluation.evaluate` scores them (a missing score is NaN)."""
+    order, scored exactly as the runs' own evaluation scores them (`posttrain.evaluation.score_replies`)."""
     sys.path.insert(0, str(ROOT))
-    from posttrain.data import DATASETS
+    from posttrain.evaluation import score_replies
     from posttrain.rewards import build_reward
 
     spec = recipe["eval"].get("reward") or recipe["rewards"][0]
-    ev = recipe["data"]["eval"]
-    ds = DATASETS.get(ev["name"])(**ev.get("args", {}))
-    prompts = list(ds["prompt"])
-    if len(texts) != len(prompts):
-        raise ValueError(f"{len(texts)} replies for {len(prompts)} held-out prompts")
-    completions = [[{"role": "assistant", "content": t}] for t in texts] if isinstance(prompts[0], list) else texts
-    columns = {k: list(ds[k]) for k in ds.column_names if k != "prompt"}
-    fn = build_reward(spec["name"], dict(spec.get("args") or {}))
-    return [float("nan") if x is None else float(x)
-            for x in fn(prompts=prompts, completions=completions, completion_ids=None, **columns)]
+    return score_replies(build_reward(spec["name"], dict(spec.get("args") or {})), eval_dataset(recipe), texts)
 
 
 def base_greedy(runs_dir: Path, recipe: dict) -> list[str]:
@@ -278,7 +276,6 @@ def base_greedy(runs_dir: Path, recipe: dict) -> list[str]:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from posttrain.data import DATASETS
     from posttrain.models import load_model_and_tokenizer
 
     m, ev = recipe["model"], recipe["data"]["eval"]
@@ -292,7 +289,7 @@ def base_greedy(runs_dir: Path, recipe: dict) -> list[str]:
     torch.set_num_threads(int(m.get("threads") or 1))
     base, tok = load_model_and_tokenizer(m["name"], dtype=getattr(torch, key["dtype"]), cache_dir=m.get("cache_dir"),
                                          trust_remote_code=m.get("trust_remote_code", False))
-    prompts = list(DATASETS.get(ev["name"])(**ev.get("args", {}))["prompt"])
+    prompts = list(eval_dataset(recipe)["prompt"])
     res = kl_estimate(base, base, tok, prompts, max_new_tokens=key["max_new_tokens"], samples=1,
                       batch_size=key["batch_size"])
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -305,9 +302,9 @@ def paired_gain(after: list[float], before: list[float]) -> dict:
     evaluation noise of one run's gain, to set beside the seed-to-seed spread (the training noise)."""
     d = [a - b for a, b in zip(after, before) if math.isfinite(a) and math.isfinite(b)]
     if not d:
-        return {"gain": None, "se": None, "n": 0, "after": None}
+        return {"gain": None, "se": None, "n": 0}
     return {"gain": statistics.mean(d), "se": statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0,
-            "n": len(d), "after": statistics.mean(x for x in after if math.isfinite(x))}
+            "n": len(d)}
 
 
 # ----------------------------------------------------------------------------------------------------- collect
@@ -513,12 +510,10 @@ def main(argv=None) -> int:
     # validate every planned run before training anything (a bad override fails here, in one line)
     sys.path.insert(0, str(ROOT))
     from posttrain.recipes import RecipeError
-    from posttrain.reporting import ReportNotesError, report_notes
+    from posttrain.reporting import report_notes_problem
 
-    try:  # a broken hand-written notes block would stop the report after hours of runs: say so now
-        report_notes(out_dir / "dpo.md")
-    except ReportNotesError as exc:
-        p.error(str(exc))
+    if msg := report_notes_problem(out_dir / "dpo.md"):  # a broken notes block would stop the report after hours
+        p.error(msg)
 
     plan = []
     for m in args.methods:
@@ -533,6 +528,7 @@ def main(argv=None) -> int:
 
     failed = []
     results: dict = {m: {} for m in args.methods}
+    base_scores: dict = {}  # the base model's gold scores, once per held-out set-up (every run shares one here)
     for m, lv, s, ov, planned, out in plan:
         state = run_state(out, planned)
         if not args.report_only and state != "done":
@@ -566,9 +562,11 @@ def main(argv=None) -> int:
                 import yaml
 
                 recipe = yaml.safe_load((out / "recipe.resolved.yaml").read_text())
-                before = gold_scores(recipe, base_greedy(base, recipe))
-                r["paired"] = paired_gain(gold_scores(recipe, r["kl"]["greedy_replies"]), before)
-                r["paired"]["before"] = statistics.mean(x for x in before if math.isfinite(x))
+                key = json.dumps([recipe["model"], recipe["data"]["eval"], recipe["eval"], recipe.get("rewards")],
+                                 sort_keys=True, default=str)
+                if key not in base_scores:
+                    base_scores[key] = gold_scores(recipe, base_greedy(base, recipe))
+                r["paired"] = paired_gain(gold_scores(recipe, r["kl"]["greedy_replies"]), base_scores[key])
             except Exception as exc:  # a failed extra must not lose the run's other numbers
                 print(f"[compare_dpo] {out.name}: paired gain failed: {type(exc).__name__}: {exc}", flush=True)
 

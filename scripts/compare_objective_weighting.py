@@ -204,12 +204,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from posttrain.recipes import load_recipe
-    from posttrain.reporting import ReportNotesError, report_notes
+    from posttrain.reporting import report_notes_problem
 
-    try:  # a broken hand-written notes block would stop the report after hours of runs: say so now
-        report_notes(ROOT / args.out_dir / f"objective_weighting{args.tag}.md")
-    except ReportNotesError as exc:
-        ap.error(str(exc))
+    if msg := report_notes_problem(ROOT / args.out_dir / f"objective_weighting{args.tag}.md"):  # before hours of runs
+        ap.error(msg)
     recipe = load_recipe(ROOT / args.recipe, args.set)
     if recipe.data.eval is None:
         raise SystemExit(f"{args.recipe}: needs data.eval (held-out prompts)")

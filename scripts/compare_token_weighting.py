@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from posttrain.reporting import ReportNotesError, report_notes, write_report  # noqa: E402
+from posttrain.reporting import report_notes_problem, write_report  # noqa: E402
 
 METHODS = {
     "plain": "recipes/quickstart.yaml",
@@ -111,10 +111,8 @@ def main() -> None:
                    help="extra recipe overrides for every run, e.g. model.threads=1 (does not change the budget)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
-    try:  # a broken hand-written notes block would stop the report after hours of runs: say so now
-        report_notes(ROOT / "docs" / "results" / "token_weighting.md")
-    except ReportNotesError as exc:
-        p.error(str(exc))
+    if msg := report_notes_problem(ROOT / "docs" / "results" / "token_weighting.md"):  # before hours of runs
+        p.error(msg)
     extra = ([f"train.max_steps={args.steps}"] if args.steps else []) + list(args.set)
     base = ROOT / args.runs_dir
     results: dict = {}

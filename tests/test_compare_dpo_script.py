@@ -91,11 +91,11 @@ def test_cli_guards(tmp_path):
 
 def test_paired_gain_hand_cases():
     cd = _script()
-    assert cd.paired_gain([1.0, 0.5], [0.5, 0.5]) == {"gain": 0.25, "se": 0.25, "n": 2, "after": 0.75}
+    assert cd.paired_gain([1.0, 0.5], [0.5, 0.5]) == {"gain": 0.25, "se": 0.25, "n": 2}
     nan = float("nan")
-    assert cd.paired_gain([1.0, nan, 0.5], [0.5, 0.5, nan]) == {"gain": 0.5, "se": 0.0, "n": 1, "after": 0.75}
+    assert cd.paired_gain([1.0, nan, 0.5], [0.5, 0.5, nan]) == {"gain": 0.5, "se": 0.0, "n": 1}
     assert cd.paired_gain([0.3, 0.3], [0.3, 0.3])["se"] == 0.0  # all equal: no spread
-    assert cd.paired_gain([], []) == {"gain": None, "se": None, "n": 0, "after": None}
+    assert cd.paired_gain([], []) == {"gain": None, "se": None, "n": 0}
 
 
 def test_gold_scores_and_cached_base_replies(tmp_path, one_torch_thread):
@@ -105,7 +105,7 @@ def test_gold_scores_and_cached_base_replies(tmp_path, one_torch_thread):
     recipe["eval"]["max_new_tokens"] = 3
     good, empty = cd.gold_scores(recipe, ["I love this, wonderful!", ""])
     assert good > 0.75 and empty == 0.5  # VADER compound rescaled to [0, 1]; an empty reply is neutral
-    with pytest.raises(ValueError, match="1 replies for 2 held-out prompts"):
+    with pytest.raises(ValueError, match="1 replies for 2 prompts"):
         cd.gold_scores(recipe, ["x"])
     replies = cd.base_greedy(tmp_path, recipe)
     assert len(replies) == 2 and (tmp_path / "base_greedy.json").is_file()

@@ -1,7 +1,8 @@
 """posttrain.reporting.write_report: a regenerated report keeps its hand-written notes block."""
 import pytest
 
-from posttrain.reporting import NOTES_BEGIN, NOTES_END, ReportNotesError, report_notes, write_report
+from posttrain.reporting import (NOTES_BEGIN, NOTES_END, ReportNotesError, report_notes, report_notes_problem,
+                                 write_json, write_report)
 
 
 def test_new_file_without_notes(tmp_path):
@@ -36,3 +37,18 @@ def test_malformed_block_is_refused_and_the_file_kept(tmp_path, body):
     with pytest.raises(ReportNotesError, match="r.md: expected one"):
         write_report(path, "# T\n\nnew\n")
     assert path.read_text() == "# T\n" + body
+    assert report_notes_problem(path).startswith(f"{path}: expected one")  # the scripts' up-front check
+
+
+def test_problem_is_none_for_good_or_missing_files(tmp_path):
+    path = tmp_path / "r.md"
+    assert report_notes_problem(path) is None
+    path.write_text(f"# T\n{NOTES_BEGIN}\nx\n{NOTES_END}\n")
+    assert report_notes_problem(path) is None
+
+
+def test_writes_leave_no_temporary_file(tmp_path):
+    write_json(tmp_path / "s.json", {"a": 1})
+    write_report(tmp_path / "r.md", "# T")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md", "s.json"]
+    assert (tmp_path / "s.json").read_text() == '{\n  "a": 1\n}\n'
