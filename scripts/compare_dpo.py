@@ -315,9 +315,19 @@ def collect(out: Path) -> dict:
     last = steps[-1] if steps else {}
     kl = json.loads((out / "kl.json").read_text()) if (out / "kl.json").is_file() else None
     rm = s.get("reward_model") or {}
+    tm = s.get("train_metrics") or {}
+    # A resumed run's train_seconds cover only the steps of its last process; transformers' train_steps_per_second
+    # counts the same steps, so their product recovers how many steps that was (s/step stays per step). The rate
+    # is logged rounded to 3 decimals: within that rounding, the run trained all its steps in one process.
+    steps_timed = s.get("global_step")
+    if tm.get("train_runtime") and tm.get("train_steps_per_second") and steps_timed:
+        product = tm["train_runtime"] * tm["train_steps_per_second"]
+        if abs(product - steps_timed) > 0.5 + 0.0005 * tm["train_runtime"]:
+            steps_timed = round(product)
     return {
         "before": s["eval"]["before"]["mean_score"], "after": s["eval"]["after"]["mean_score"],
         "n": s["eval"]["after"]["n"], "steps": s.get("global_step"), "train_seconds": s.get("train_seconds"),
+        "steps_timed": steps_timed,
         "wall_seconds": s.get("wall_seconds"), "threads": s.get("threads"),
         "margin_last": last.get("rewards/margins"), "acc_last": last.get("rewards/accuracies"),
         "kl": kl, "rm_seconds": rm.get("train_seconds"), "rm_agrees_with_gold": rm.get("agrees_with_gold"),
@@ -390,7 +400,8 @@ def report(results: dict, out_md: Path, out_png: Path, *, command: str, tiny: bo
             rs = list(runs.values())
             b = _mean_sd([r["before"] for r in rs])[0]
             a = _mean_sd([r["after"] for r in rs])[0]
-            sps = _mean_sd([r["train_seconds"] / r["steps"] for r in rs if r["train_seconds"] and r["steps"]])[0]
+            sps = _mean_sd([r["train_seconds"] / (r.get("steps_timed") or r["steps"]) for r in rs
+                            if r["train_seconds"] and (r.get("steps_timed") or r["steps"])])[0]
             ses = [r["paired"]["se"] for r in rs if (r.get("paired") or {}).get("se") is not None]
             lines.append(f"| {lv} ({LABEL_NOISE[lv]}) | {m} | {len(rs)} | {_f(b)} | {_ms([r['after'] for r in rs])} | "
                          f"{'n/a' if a is None or b is None else format(a - b, '+.3f')} | "
@@ -420,7 +431,9 @@ def report(results: dict, out_md: Path, out_png: Path, *, command: str, tiny: bo
                        f"{k['kl_per_token']:.3g} | {k['greedy_logratio_per_token']:+.3g} | "
                        f"{'/'.join(map(str, k.get('greedy_matches_eval') or ['n/a']))} | " if k else
                        "n/a | n/a | n/a | n/a | n/a | ")
-                    + f"{_f(r['margin_last'])} | {_f(r['truncated_after'], '.2f')} | {_f(r['train_seconds'], '.0f')} | "
+                    + f"{_f(r['margin_last'])} | {_f(r['truncated_after'], '.2f')} | {_f(r['train_seconds'], '.0f')}"
+                    + (f" (last {r['steps_timed']} steps: resumed)" if r.get("steps_timed") not in (None, r["steps"])
+                       else "") + " | "
                     f"{_f(r['rm_seconds'], '.0f', '')} | {_f(r['rm_agrees_with_gold'], '.2f', '')} |")
     lines += ["", "\"final TRL reward margin\": TRL's logged `rewards/margins` (β × implicit-reward gap on the "
               "training batch) at the last step. \"greedy log-ratio/token\": mean log π − log π_ref per token of "

@@ -50,7 +50,9 @@ def test_report_writes_tables_paper_numbers_and_plot(tmp_path):
            "truncated_after": 1.0}
     results = {"dpo": {"high": {0: dict(run, after=0.60, paired={"gain": 0.05, "se": 0.03}),
                                 1: dict(run, after=0.64, paired={"gain": 0.09, "se": 0.04})}},
-               "madpo": {"high": {0: dict(run, after=0.70, kl=None, rm_seconds=560.0, rm_agrees_with_gold=0.9)}}}
+               "madpo": {"high": {0: dict(run, after=0.70, kl=None, rm_seconds=560.0, rm_agrees_with_gold=0.9)}},
+               # resumed at step 30: its 400 s cover 10 steps, so s/step is 40, not 10
+               "ipo": {"high": {0: dict(run, after=0.5, train_seconds=400.0, steps_timed=10)}}}
     setup = {"recipe": "recipes/dpo.yaml", "model": "m", "steps": 40, "batch": 8, "lr": 5e-5, "beta": 0.1,
              "rm_steps": 40, "eval_tokens": 24, "eval_n": 32, "kl_samples": 2}
     notes = "<!-- notes: written by hand, kept when the script rewrites this file -->\n> DPO wins.\n<!-- end notes -->"
@@ -64,6 +66,8 @@ def test_report_writes_tables_paper_numbers_and_plot(tmp_path):
     assert "| high (0 %) | madpo | 1 | 0.550 | 0.700 ± 0.000 | +0.150 | n/a | n/a |" in md
     assert "| high | dpo | 1 | 40 | 0.550 | 0.640 | +0.090 ± 0.040 |" in md
     assert "| high | madpo | 0 | 40 | 0.550 | 0.700 | n/a | n/a |" in md
+    assert "| high (0 %) | ipo | 1 | 0.550 | 0.500 ± 0.000 | -0.050 | n/a | 1.500 ± 0.000 | 40.0 |" in md
+    assert "| 400 (last 10 steps: resumed) |" in md and "| 1200 |" in md
     assert "| High | 2.23 | 1.67 | 1.62 | 0.35 |" in md and "| Low | 1.95 | 1.76 | 1.48 | 0.10 |" in md
     assert "not comparable" in md and "Smoke test" not in md
     assert (tmp_path / "dpo.png").stat().st_size > 0
@@ -115,3 +119,20 @@ def test_gold_scores_and_cached_base_replies(tmp_path, one_torch_thread):
     assert cd.base_greedy(tmp_path, recipe) == ["from the cache", "2"]
     recipe["eval"]["max_new_tokens"] = 2  # another set-up: regenerated, not the stale cache
     assert cd.base_greedy(tmp_path, recipe) != ["from the cache", "2"]
+
+
+def test_collect_times_only_the_steps_a_resumed_run_trained(tmp_path):
+    cd = _script()
+    ev = {"mean_score": 0.5, "n": 4}
+    summary = {"eval": {"before": ev, "after": dict(ev, mean_score=0.6)}, "global_step": 40, "train_seconds": 382.4,
+               "train_metrics": {"train_runtime": 381.45, "train_steps_per_second": 0.026}}  # madpo-low-s1's numbers
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 40, "loss": 0.6, "rewards/margins": 0.2}) + "\n")
+    r = cd.collect(tmp_path)
+    assert r["steps_timed"] == 10 and r["steps"] == 40 and r["margin_last"] == 0.2 and r["kl"] is None
+    summary["train_metrics"] = {"train_runtime": 1711.0, "train_steps_per_second": 0.023}  # 39.4: rounding, not 39
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert cd.collect(tmp_path)["steps_timed"] == 40
+    del summary["train_metrics"]  # an older summary: every step is taken as timed
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert cd.collect(tmp_path)["steps_timed"] == 40
