@@ -117,7 +117,7 @@ def report(results: dict, base: dict, names: list[str], out_md: Path, out_png: P
     means = {c: [statistics.mean(r["scores"][n] for r in runs.values()) for n in names] for c, runs in results.items()}
     front = pareto_front(list(means.values()), maximize)
     front_keys = {tuple(p) for p in front}
-    lines = [f"# Objective weighting: fixed mixes vs dynamic strategies\n", settings, "",
+    lines = ["# Objective weighting: fixed mixes vs dynamic strategies\n", settings, "",
              f"Objectives (all maximised): {', '.join(names)}. Held-out greedy evaluation, every objective scored on "
              f"every completion. Hypervolume reference point: the origin.", "",
              "| configuration | " + " | ".join(names) + " | HV of its seeds' points | mean on the Pareto front |",

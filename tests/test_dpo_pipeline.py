@@ -3,7 +3,6 @@ CLI are in test_e2e_dpo_cli.py)."""
 import json
 
 import pytest
-import yaml
 
 from posttrain.data import DATASETS, DataError, preference_pairs
 from posttrain.errors import UserError

@@ -215,8 +215,6 @@ def test_frozen_head_backward_does_not_recompute(monkeypatch):
 
 def test_no_grad_mode_computes_no_backward_state(monkeypatch):
     """Under torch.no_grad (old / reference log-probs) the frozen-head shortcut must not spend a matmul."""
-    import posttrain.losses.logprobs as lp_mod
-
     h, w, _, y = _inputs()
     h.requires_grad_()
     with torch.no_grad():

@@ -1,5 +1,4 @@
 """Recipe validation and CLI error handling: every bad input -> one line naming the key path, exit 2."""
-import copy
 import subprocess
 import sys
 from pathlib import Path

@@ -21,8 +21,7 @@ log-probs; the returned loss is recomputed from those with the weights. No extra
 from __future__ import annotations
 
 import contextlib
-import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 from trl import DPOTrainer

@@ -15,7 +15,6 @@ decides the scope (local batch or all-gathered across processes).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -23,7 +22,6 @@ import torch.nn.functional as F
 
 from posttrain.registry import Registry
 from posttrain.weighting._checks import as_float_tensor as _as_float_tensor
-from posttrain.weighting._checks import check_finite
 from posttrain.weighting._checks import check_real as _check_real
 
 __all__ = [

@@ -18,7 +18,6 @@ computed over exactly the tensors handed in -- the trainer decides the scope (lo
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Hashable, List, Optional, Sequence
 
 import torch
