@@ -495,6 +495,29 @@ def report(results: dict, out_md: Path, out_png: Path, *, command: str, tiny: bo
 
 
 # --------------------------------------------------------------------------------------------------------- main
+def reproduce_command(args: argparse.Namespace) -> str:
+    """The command line that re-creates a report: every flag that differs from its default, including where the
+    runs and the report live (a report in another --out-dir must not point at a command that rewrites docs/results)."""
+    parts = ["python scripts/compare_dpo.py"]
+    for flag, val, default in (("--methods", args.methods, DEFAULT_METHODS), ("--levels", args.levels, LEVELS),
+                               ("--seeds", args.seeds, [0, 1])):
+        if val != default:
+            parts.append(f"{flag} {' '.join(map(str, val))}")
+    if args.steps:
+        parts.append(f"--steps {args.steps}")
+    if args.set:
+        parts.append("--set " + " ".join(args.set))
+    if args.tiny:
+        parts.append("--tiny")
+    if args.kl_samples != 2:
+        parts.append(f"--kl-samples {args.kl_samples}")
+    if args.runs_dir:
+        parts.append(f"--runs-dir {args.runs_dir}")
+    if args.out_dir:
+        parts.append(f"--out-dir {args.out_dir}")
+    return " ".join(parts)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
@@ -592,22 +615,9 @@ def main(argv=None) -> int:
              "rm_steps": rm_steps if rm_steps is not None else "n/a",
              "eval_tokens": first["eval"]["max_new_tokens"], "eval_n": first["data"]["eval"]["args"].get("n"),
              "kl_samples": args.kl_samples}
-    parts = ["python scripts/compare_dpo.py"]
-    for flag, val, default in (("--methods", args.methods, DEFAULT_METHODS), ("--levels", args.levels, LEVELS),
-                               ("--seeds", args.seeds, [0, 1])):
-        if val != default:
-            parts.append(f"{flag} {' '.join(map(str, val))}")
-    if args.steps:
-        parts.append(f"--steps {args.steps}")
-    if args.set:
-        parts.append("--set " + " ".join(args.set))
-    if args.tiny:
-        parts.append("--tiny")
-    if args.kl_samples != 2:
-        parts.append(f"--kl-samples {args.kl_samples}")
     out_dir.mkdir(parents=True, exist_ok=True)
     missing = [out.name for m, lv, s, _ov, _pl, out in plan if s not in results[m].get(lv, {})]
-    report(results, out_dir / "dpo.md", out_dir / "dpo.png", command=" ".join(parts), tiny=args.tiny, setup=setup,
+    report(results, out_dir / "dpo.md", out_dir / "dpo.png", command=reproduce_command(args), tiny=args.tiny, setup=setup,
            missing=missing)
     print((out_dir / "dpo.md").read_text())
     if failed:

@@ -136,3 +136,16 @@ def test_collect_times_only_the_steps_a_resumed_run_trained(tmp_path):
     del summary["train_metrics"]  # an older summary: every step is taken as timed
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     assert cd.collect(tmp_path)["steps_timed"] == 40
+
+
+def test_reproduce_command_names_every_non_default_flag_including_where_the_report_goes():
+    import argparse
+
+    cd = _script()
+    defaults = dict(methods=cd.DEFAULT_METHODS, levels=cd.LEVELS, seeds=[0, 1], steps=None, set=None, tiny=False,
+                    kl_samples=2, runs_dir=None, out_dir=None)
+    assert cd.reproduce_command(argparse.Namespace(**defaults)) == "python scripts/compare_dpo.py"
+    # a report written elsewhere must not advertise a command that would rewrite docs/results/dpo.md
+    other = dict(defaults, levels=["high"], seeds=[0, 1, 2], set=["model.threads=1"], out_dir="docs/results/x")
+    assert cd.reproduce_command(argparse.Namespace(**other)) == (
+        "python scripts/compare_dpo.py --levels high --seeds 0 1 2 --set model.threads=1 --out-dir docs/results/x")
