@@ -259,6 +259,11 @@ def kl_for_run(out: Path, *, samples: int, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- paired gain vs base
+def gold_spec(recipe: dict) -> dict:
+    """The recipe's gold reward: ``eval.reward``, else ``rewards.0``."""
+    return recipe["eval"].get("reward") or recipe["rewards"][0]
+
+
 def gold_scores(recipe: dict, texts: list[str]) -> list[float]:
     """The recipe's gold reward (``eval.reward``, else ``rewards.0``) of ``texts``, one reply per held-out prompt in
     order, scored exactly as the runs' own evaluation scores them (`posttrain.evaluation.score_replies`)."""
@@ -266,8 +271,16 @@ def gold_scores(recipe: dict, texts: list[str]) -> list[float]:
     from posttrain.evaluation import score_replies
     from posttrain.rewards import build_reward
 
-    spec = recipe["eval"].get("reward") or recipe["rewards"][0]
+    spec = gold_spec(recipe)
     return score_replies(build_reward(spec["name"], dict(spec.get("args") or {})), eval_dataset(recipe), texts)
+
+
+def base_setup(recipe: dict) -> dict:
+    """What the base model's greedy replies depend on: the key of their cache (and, with `gold_spec`, of their
+    scores)."""
+    m = recipe["model"]
+    return {"model": m["name"], "dtype": m.get("dtype", "float32"), "eval_data": recipe["data"]["eval"],
+            "max_new_tokens": recipe["eval"]["max_new_tokens"], "batch_size": recipe["eval"]["batch_size"]}
 
 
 def base_greedy(runs_dir: Path, recipe: dict) -> list[str]:
@@ -278,9 +291,7 @@ def base_greedy(runs_dir: Path, recipe: dict) -> list[str]:
     sys.path.insert(0, str(ROOT))
     from posttrain.models import load_model_and_tokenizer
 
-    m, ev = recipe["model"], recipe["data"]["eval"]
-    key = {"model": m["name"], "dtype": m.get("dtype", "float32"), "eval_data": ev,
-           "max_new_tokens": recipe["eval"]["max_new_tokens"], "batch_size": recipe["eval"]["batch_size"]}
+    m, key = recipe["model"], base_setup(recipe)
     path = runs_dir / "base_greedy.json"
     if path.is_file():
         cached = json.loads(path.read_text())
@@ -564,7 +575,7 @@ def main(argv=None) -> int:
 
     failed = []
     results: dict = {m: {} for m in args.methods}
-    base_scores: dict = {}  # the base model's gold scores, once per held-out set-up (every run shares one here)
+    base_scores: dict = {}  # the base model's gold scores, once per base set-up and gold reward (one here)
     for m, lv, s, ov, planned, out in plan:
         state = run_state(out, planned)
         if not args.report_only and state != "done":
@@ -598,8 +609,7 @@ def main(argv=None) -> int:
                 import yaml
 
                 recipe = yaml.safe_load((out / "recipe.resolved.yaml").read_text())
-                key = json.dumps([recipe["model"], recipe["data"]["eval"], recipe["eval"], recipe.get("rewards")],
-                                 sort_keys=True, default=str)
+                key = json.dumps([base_setup(recipe), gold_spec(recipe)], sort_keys=True, default=str)
                 if key not in base_scores:
                     base_scores[key] = gold_scores(recipe, base_greedy(base, recipe))
                 r["paired"] = paired_gain(gold_scores(recipe, r["kl"]["greedy_replies"]), base_scores[key])
