@@ -1,0 +1,10 @@
+"""Imports every module that registers a built-in strategy (``posttrain.weighting.protocol.register_strategy``).
+
+One line per kind; each package's ``__init__`` imports its method files. Loaded lazily by the protocol's
+registry lookups, so importing :mod:`posttrain.weighting.protocol` alone stays cheap.
+"""
+import importlib
+
+for _module in ("posttrain.weighting.objectives", "posttrain.weighting.sequences", "posttrain.weighting.tokens",
+                "posttrain.weighting.pairs", "posttrain.losses.advantages"):
+    importlib.import_module(_module)
