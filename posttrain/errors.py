@@ -8,3 +8,8 @@ class UserError(Exception):
 class RunStopped(Exception):
     """Training stopped itself on purpose (too many failed rewards, repeated non-finite steps) after saving a
     checkpoint; ``str()`` is a complete one-liner.  The CLI prints it and exits with code 3."""
+
+
+class StrategyFailed(Exception):
+    """A reweighting strategy raised inside one of its hooks; ``str()`` names the strategy and the hook in one line.
+    The trainer skips the step, saves a checkpoint and stops (the CLI exits with code 3)."""

@@ -254,3 +254,40 @@ def _check_finite(valid, **tensors):
     if checks and not bool(torch.stack(list(checks.values())).all()):
         bad = [k for k, ok in checks.items() if not ok]
         raise ValueError(f"non-finite values at valid positions in: {', '.join(bad)}")
+
+
+def policy_gradient_surrogate(logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                              num_tokens: torch.Tensor | float) -> torch.Tensor:
+    """``-Σ_{i,t} A_i log π(y_{i,t}) m_{i,t} / num_tokens``: the on-policy GRPO/DAPO surrogate.
+
+    At the rollout policy (importance ratio 1, clipping inactive) its gradient equals that of
+    :func:`policy_loss` with ``aggregation="token_mean"`` over ``num_tokens`` completion tokens (DAPO, Yu et al. 2025,
+    Eq. 8). Dynamic reward weighting's gradient variant (Lu et al., arXiv 2509.11452, method (b)) takes one such
+    gradient per objective, with that objective's group advantages. ``logps`` [B, T] (with grad), ``advantages``
+    [B], ``mask`` [B, T]; ``num_tokens`` the token count of the whole batch (all processes) it is normalised by.
+    """
+    if advantages.dim() != 1 or logps.dim() != 2 or advantages.size(0) != logps.size(0):
+        raise ValueError(f"advantages must be [B] and logps [B, T], got {tuple(advantages.shape)} and "
+                         f"{tuple(logps.shape)}")
+    seq_logps = (logps * mask).sum(dim=1)
+    return -(advantages.to(seq_logps.dtype) * seq_logps).sum() / num_tokens
+
+
+def trl_scaled_loss(loss: torch.Tensor, loss_type: str, *, local_tokens: torch.Tensor,
+                    num_items_in_batch: torch.Tensor | None, num_processes: int,
+                    gradient_accumulation_steps: float, steps_per_generation: int, training: bool) -> torch.Tensor:
+    """:func:`policy_loss`'s micro-batch loss scaled to the value TRL 1.16's ``GRPOTrainer._compute_loss`` returns (its
+    gradient-accumulation and DAPO normalisers).
+
+    Every loss type is divided by the accumulation steps in training. ``dapo`` instead divides the micro-batch's
+    token *sum* by the global token count of the generation batch (DAPO, Yu et al. 2025, Eq. 8: the token-level mean
+    over the whole batch): ``num_items_in_batch / num_processes`` (times ``accumulation / steps_per_generation`` in
+    training); ``token_mean`` already divided by ``local_tokens``, which is multiplied back.
+    """
+    accum = gradient_accumulation_steps if training else 1.0
+    if loss_type != "dapo":
+        return loss / accum
+    normalizer = num_items_in_batch.clamp(min=1.0) / num_processes
+    if training:
+        normalizer = normalizer * accum / steps_per_generation
+    return loss * local_tokens.clamp(min=1.0) / normalizer

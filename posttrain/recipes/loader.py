@@ -215,12 +215,11 @@ def _unknown_args(obj, args: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _check_names(recipe: Recipe, source: str) -> None:
+def _check_names(recipe: Recipe, source: str, warnings_out: List[str]) -> None:
     """Registered names (rewards, datasets, strategies) and their arguments, without loading any model."""
     from posttrain.data import DATASETS
     from posttrain.registry import RegistryError
     from posttrain.rewards import build_reward
-    from posttrain.weighting.registries import strategy_registries
 
     def fail(path: str, msg) -> None:
         raise RecipeError(f"{source}: {path}: {msg}")
@@ -251,78 +250,10 @@ def _check_names(recipe: Recipe, source: str) -> None:
         if problem:
             fail(f"{path}.args", problem)
 
-    regs = strategy_registries()
-    w = recipe.weighting
-    groups = {"tokens": w.tokens, "sequences": w.sequences, "pairs": w.pairs,
-              "objectives": [w.objectives] if w.objectives else []}
-    for group, specs in groups.items():
-        for i, spec in enumerate(specs):
-            path = f"weighting.{group}.{i}" if group != "objectives" else "weighting.objectives"
-            if group not in regs:
-                fail(f"{path}.name", f"{group} weighting is not available in this version")
-            obj = resolve(f"{path}.name", regs[group].get, spec.name)
-            if group in ("objectives", "sequences"):
-                continue  # arguments (strategy's own + trainer options) are checked below
-            args = {k: v for k, v in spec.model_dump().items() if k != "name"}
-            problem = _unknown_args(obj, args)
-            if problem:
-                fail(path, f"{spec.name}: {problem}")
-    if w.objectives is not None or w.sequences:
-        from posttrain.weighting.specs import build_objective_strategy, build_sequence_strategies
+    from posttrain.recipes.strategies import check_strategies
 
-        if recipe.algorithm != "grpo":
-            fail("weighting", "objective and sequence weighting apply to algorithm 'grpo' only")
-        if w.objectives is not None:
-            try:
-                build_objective_strategy(w.objectives.model_dump(), reward_names,
-                                         [s.weight for s in recipe.rewards])
-            except (RegistryError, TypeError, ValueError) as exc:
-                fail("weighting.objectives", exc)
-            if w.objectives.name == "hypervolume" and recipe.data.eval is None:
-                fail("weighting.objectives", "hypervolume needs held-out prompts: set data.eval")
-        for i, spec in enumerate(w.sequences):
-            try:
-                build_sequence_strategies([spec.model_dump()])
-            except (RegistryError, TypeError, ValueError) as exc:
-                fail(f"weighting.sequences.{i}", exc)
-        names = [s.name for s in w.sequences]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            fail("weighting.sequences", f"{dupes[0]} is listed twice")
-    if w.tokens:
-        from posttrain.weighting.tokens import parse_token_specs
-
-        try:
-            specs = [s.model_dump() for s in w.tokens]
-            parse_token_specs(specs)
-            _dry_run_token_specs(specs)
-        except (RegistryError, TypeError, ValueError) as exc:
-            fail("weighting.tokens", exc)
-    if w.pairs:
-        from posttrain.weighting.pair_specs import dry_run_pair_specs
-
-        try:
-            dry_run_pair_specs([s.model_dump() for s in w.pairs])
-        except (RegistryError, TypeError, ValueError) as exc:
-            fail("weighting.pairs", exc)
-
-
-def _dry_run_token_specs(specs) -> None:
-    """Run the token strategies once on a tiny synthetic batch, so bad argument *values* (``mode: cubic``) are
-    reported now, in one line, and not as a traceback in the middle of training."""
-    import torch
-
-    from posttrain.weighting.tokens import TokenBatch, apply_token_strategies
-
-    g = torch.Generator().manual_seed(0)
-    b, t, v = 4, 3, 5
-    logps = -torch.rand(b, t, generator=g)
-    full = torch.log_softmax(torch.randn(b, t, v, generator=g), dim=-1)
-    batch = TokenBatch(advantages=torch.randn(b, generator=g), mask=torch.ones(b, t), logps=logps,
-                       old_logps=logps, entropies=torch.rand(b, t, generator=g),
-                       old_entropies=torch.rand(b, t, generator=g), group_size=2, full_logprobs_fn=lambda: full,
-                       clip_low=0.2, clip_high=0.2, generator=g)
-    apply_token_strategies(specs, batch)
+    for line in check_strategies(recipe, reward_names, fail):
+        warnings_out.append(f"{source}: {line}")
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, check_registries: bool = True) -> Recipe:
@@ -338,9 +269,26 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, check_regist
         recipe.name = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip("._-") or "run"
     _check_train_section(recipe, source)
     if check_registries:
-        _check_names(recipe, source)
+        warned: List[str] = []
+        _check_names(recipe, source, warned)
+        for line in warned:
+            _warn(line)
     _check_algorithm_sections(recipe, source)  # after the names, so an unknown name is reported as such
     return recipe
+
+
+def _warn(line: str) -> None:
+    """A setting that is legal but probably not meant (it would make a method do nothing): one line on stderr, once
+    per process (rank 0 only under a launcher)."""
+    import os
+    import sys
+
+    if os.environ.get("RANK", "0") == "0" and line not in _WARNED:
+        _WARNED.add(line)
+        print(f"posttrain: warning: {line}", file=sys.stderr, flush=True)
+
+
+_WARNED: set = set()
 
 
 def shipped_recipes(directory: Optional[Path] = None) -> List[Tuple[str, str, Path]]:

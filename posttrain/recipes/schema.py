@@ -65,7 +65,9 @@ class RewardSpec(_Strict):
 
 
 class StrategySpec(BaseModel):
-    """``{name: ..., <argument>: value, ...}``; arguments are checked against the strategy's signature."""
+    """``{name: ..., <argument>: value, ...}``: a registered strategy or an import path ``pkg.mod:Class``; the
+    arguments are validated by the strategy's own typed config (``posttrain strategies`` lists them; the
+    strategy reference below documents every argument)."""
 
     model_config = ConfigDict(extra="allow")
     name: str
@@ -171,6 +173,9 @@ class Recipe(_Strict):
     data: DataSection
     rewards: List[RewardSpec] = Field(default_factory=list, description="Reward functions (GRPO objectives).")
     weighting: WeightingSection = Field(default_factory=WeightingSection)
+    advantage: Optional[StrategySpec] = Field(
+        None, description="Advantage estimator of algorithm 'grpo' (default {name: grpo}: TRL's group-normalised "
+        "advantages with train.scale_rewards); see the strategy reference.")
     reward_model: RewardModelSection = Field(default_factory=RewardModelSection)
     rollout: RolloutSection = Field(default_factory=RolloutSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)
@@ -198,4 +203,7 @@ class Recipe(_Strict):
     def _cross_checks(self):
         if self.algorithm == "grpo" and not self.rewards:
             raise ValueError("GRPO needs at least one entry under 'rewards'")
+        if self.algorithm != "grpo" and self.advantage is not None:
+            raise ValueError(f"advantage: an advantage estimator is used by algorithm 'grpo' only, not "
+                             f"'{self.algorithm}'")
         return self

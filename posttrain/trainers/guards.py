@@ -158,3 +158,39 @@ class GuardedTrainerMixin:
         if "loss" in logs:  # a training log row
             logs["reliability/skipped_steps"] = self.guard.skipped_total
         return super().log(logs, start_time)
+
+
+class RewardFailureMixin:
+    """For the GRPO trainer: samples with a *failed* reward (:class:`posttrain.rewards.safe.SafeReward`) become NaN
+    rows, which TRL 1.16 leaves out of the group baseline and gives advantage 0; a ``None`` a reward returns on
+    purpose ("not applicable") keeps TRL's meaning. Too many failures in one step stop the run with a checkpoint.
+    Needs ``self.max_reward_failure_fraction`` and the :class:`StepGuard` (``self.guard``)."""
+
+    def _mark_failed_rewards(self, rewards_per_func: torch.Tensor, n_local: int) -> torch.Tensor:
+        from accelerate.utils import gather
+
+        from posttrain.rewards.safe import SafeReward
+
+        failed = torch.zeros(n_local, len(self.reward_funcs), dtype=torch.bool, device=rewards_per_func.device)
+        for i, fn in enumerate(self.reward_funcs):
+            if isinstance(fn, SafeReward) and len(fn.last_failed) == n_local:
+                failed[:, i] = torch.tensor(fn.last_failed, dtype=torch.bool)
+        failed = gather(failed)  # rewards_per_func is already gathered over processes by TRL
+        missing = failed.any(dim=1)
+        rewards_per_func = rewards_per_func.clone()
+        rewards_per_func[missing] = torch.nan
+        mode = "train" if self.model.training else "eval"
+        frac = float(missing.float().mean()) if missing.numel() else 0.0
+        self._metrics[mode]["reward_failures/missing_fraction"].append(frac)
+        for i, name in enumerate(self.reward_func_names):
+            self._metrics[mode][f"reward_failures/{name}"].append(float(failed[:, i].float().mean()))
+        if frac > self.max_reward_failure_fraction and mode == "train":
+            reasons = {}
+            for fn in self.reward_funcs:
+                if isinstance(fn, SafeReward) and fn.last_reasons:
+                    reasons[fn.__name__] = dict(fn.last_reasons)
+            self.guard.request_stop(
+                f"{frac:.0%} of the samples of step {self.state.global_step + 1} have a failed reward "
+                f"(limit reliability.max_reward_failure_fraction={self.max_reward_failure_fraction}): {reasons}",
+                reasons=reasons)
+        return rewards_per_func

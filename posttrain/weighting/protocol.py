@@ -120,8 +120,10 @@ class RolloutContext:
     Tensors (``N`` = completions of all processes, contiguous groups of ``group_size``; CPU or the trainer's device):
 
     * ``rewards_NK`` -- per-objective rewards, NaN where a reward failed or returned ``None``;
-    * ``rewards_N`` -- the current scalar reward (TRL's mix with the current ``weights_K``; NaN where every
-      objective is missing); updated by the trainer after each ``reshape_rewards`` hook;
+    * ``rewards_N`` -- the current scalar reward (:meth:`mix` of the current ``weights_K``: NaN where every
+      objective is missing); updated by the trainer after each ``reshape_rewards`` hook. A strategy that changes
+      the mix itself in ``reshape_rewards`` (the gradient strategy) also sets ``weights_K``, so that the trainer
+      logs and saves the mix that formed the reward;
     * ``advantages_N`` -- the current advantages (``None`` before the estimator ran); updated after each
       ``adjust_advantages`` hook;
     * ``group_ids_N`` -- prompt group of each row; ``texts`` -- the completions as text (all processes).
@@ -137,10 +139,11 @@ class RolloutContext:
     * ``embed_completions()`` -- ``[N, D]`` sentence embeddings of ``texts`` (all-MiniLM-L6-v2, offline);
     * ``completion_logps()`` -- ``(logps_nT, mask_nT)`` of *this process's* rows under the rollout policy (no grad;
       rows ``local_rows`` of the batch);
-    * ``policy_gradients(advantages_KN)`` -- ``[K, P]``: for each row of advantages, the gradient of the on-policy
-      GRPO/DAPO surrogate ``-Σ_{i,t} A_i log π(y_i,t) / T`` over the selected parameters, summed over processes;
-    * ``evaluate_objectives()`` -- per-objective mean score of greedy completions of held-out prompts (``K`` floats,
-      identical on every rank);
+    * ``policy_gradients(advantages_KN, parameters=None)`` -- ``[K, P]``: for each row of advantages, the gradient
+      of the on-policy GRPO/DAPO surrogate ``-Σ_{i,t} A_i log π(y_i,t) / T`` over the trainable parameters whose
+      name matches the regular expression ``parameters`` (all when ``None``), summed over processes;
+    * ``evaluate_objectives(num_prompts=32, max_new_tokens=None)`` -- per-objective mean score of greedy
+      completions of the first ``num_prompts`` held-out prompts (``K`` floats, identical on every rank);
     * ``log(key, value)`` -- add a scalar to this step's metrics.
     """
 
@@ -172,6 +175,15 @@ class RolloutContext:
     def group_ids_N(self) -> torch.Tensor:
         return torch.arange(self.rewards_NK.size(0), device=self.rewards_NK.device) // self.group_size
 
+    def mix(self, weights_K: Optional[Sequence[float]] = None) -> torch.Tensor:
+        """TRL 1.16's ``sum_then_normalize`` mix ``Σ_k w_k r_Nk`` (NaN objectives skipped) with NaN where every
+        objective is missing (an unscorable sample); ``weights_K`` defaults to the mix in use."""
+        w = torch.tensor(list(self.weights_K if weights_K is None else weights_K), dtype=torch.float32,
+                         device=self.rewards_NK.device)
+        rewards = (self.rewards_NK * w.unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(self.rewards_NK).all(dim=1)] = torch.nan
+        return rewards
+
     @property
     def local_rows(self) -> slice:
         """This process's rows of the ``N`` rows (processes hold equal, contiguous shares)."""
@@ -182,7 +194,8 @@ class RolloutContext:
 @dataclass
 class StepEndContext:
     """What ``on_step_end`` sees after an optimizer step: ``step`` (completed steps), ``reward_names`` and the
-    services ``evaluate_objectives()`` and ``log(key, value)`` of :class:`RolloutContext`."""
+    services ``evaluate_objectives(num_prompts=32, max_new_tokens=None)`` and ``log(key, value)`` of
+    :class:`RolloutContext`."""
 
     step: int
     reward_names: Tuple[str, ...] = ()
@@ -479,3 +492,13 @@ def strategy_warnings(strategies: Sequence[Strategy]) -> List[str]:
     for s in strategies:
         out.extend(f"{s.name}: {w}" for w in type(s).warnings(s.config, s.env))
     return out
+
+
+def label(strategy: Any) -> str:
+    """``kind strategy 'name'`` for messages."""
+    return f"{getattr(strategy, 'kind', '') or 'a'} strategy '{getattr(strategy, 'name', '') or type(strategy).__name__}'"
+
+
+def with_hook(strategies: Sequence[Any], hook: str) -> List[Any]:
+    """The strategies (in order) that implement ``hook``."""
+    return [s for s in strategies if hook in implemented_hooks(s)]

@@ -1,0 +1,87 @@
+"""Recipe-time checks of every configured strategy through the strategy protocol (no model is loaded).
+
+Each strategy is built exactly as the trainer will build it (:func:`posttrain.weighting.protocol.build_strategy`,
+its pydantic ``Config`` validates the arguments), with a :class:`~posttrain.weighting.protocol.StrategyEnv` made from
+the recipe; token and pair strategies are also run once on a tiny synthetic batch, so value errors that only the
+pure function detects are reported now. Problems are one line naming the key path; warnings (settings that would
+make a method do nothing in this run) are returned for the caller to print.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, List, Sequence
+
+from posttrain.registry import RegistryError
+from posttrain.weighting import protocol
+
+
+def strategy_env(recipe, reward_names: Sequence[str]) -> protocol.StrategyEnv:
+    train = recipe.train
+    max_steps = train.get("max_steps")
+    return protocol.StrategyEnv(
+        reward_names=tuple(reward_names), reward_weights=tuple(float(s.weight) for s in recipe.rewards),
+        num_generations=int(train.get("num_generations", 8)),
+        max_steps=int(max_steps) if isinstance(max_steps, int) and max_steps > 0 else None,
+        has_eval_data=recipe.data.eval is not None, scale_rewards=str(train.get("scale_rewards", "group")),
+        world_size=1, trainable_parameters=None)
+
+
+def _prefixed(path: str, exc: Exception) -> str:
+    """``weighting.sequences.0: dra: ...`` from ``0: dra: ...``; ``weighting.sequences: seed is listed twice``."""
+    msg = str(exc)
+    head, sep, rest = msg.partition(": ")
+    if sep and head.isdigit():
+        return f"{path}.{head}: {rest}"
+    return f"{path}: {msg}"
+
+
+def check_strategies(recipe, reward_names: Sequence[str], fail: Callable[[str, Any], None]) -> List[str]:
+    """Build every strategy of ``recipe`` (``fail(path, message)`` raises); returns warning lines."""
+    env = strategy_env(recipe, reward_names)
+    w = recipe.weighting
+    built: List[protocol.Strategy] = []
+    lists = [("weighting.sequences", "sequence", w.sequences), ("weighting.tokens", "token", w.tokens),
+             ("weighting.pairs", "pair", w.pairs)]
+    singles = [("weighting.objectives", "objective", w.objectives), ("advantage", "advantage", recipe.advantage)]
+    for path, kind, spec in singles:
+        if spec is None:
+            continue
+        try:
+            built.append(protocol.build_strategy(kind, spec, env))
+        except (RegistryError, ValueError, TypeError) as exc:
+            fail(path, exc)
+    for path, kind, specs in lists:
+        if not specs:
+            continue
+        try:
+            strategies = protocol.build_strategies(kind, list(specs), env)
+        except (RegistryError, ValueError, TypeError) as exc:
+            raise_prefixed(fail, path, exc)
+        dry_run = _DRY_RUNS.get(kind)
+        if dry_run is not None:
+            try:
+                dry_run(strategies)
+            except (ValueError, TypeError) as exc:
+                raise_prefixed(fail, path, exc)
+        built += strategies
+    return [line for s in built for line in protocol.strategy_warnings([s])]
+
+
+def raise_prefixed(fail, path: str, exc: Exception) -> None:
+    full = _prefixed(path, exc)
+    key, _, msg = full.partition(": ")
+    fail(key, msg)
+
+
+def _dry_run_tokens(strategies) -> None:
+    from posttrain.weighting.tokens import dry_run_token_strategies
+
+    dry_run_token_strategies(strategies)
+
+
+def _dry_run_pairs(strategies) -> None:
+    from posttrain.weighting.pairs import dry_run_pair_strategies
+
+    dry_run_pair_strategies(strategies)
+
+
+_DRY_RUNS = {"token": _dry_run_tokens, "pair": _dry_run_pairs}
