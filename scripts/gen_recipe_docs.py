@@ -1,4 +1,5 @@
-"""Generate docs/recipes.md from the pydantic recipe schema (a test checks that the file is in sync).
+"""Generate docs/recipes.md from the pydantic recipe schema and every strategy's typed config (a test checks that the
+file is in sync).
 
     python scripts/gen_recipe_docs.py            # rewrite docs/recipes.md
     python scripts/gen_recipe_docs.py --check    # exit 1 if docs/recipes.md is stale
@@ -15,6 +16,7 @@ from pydantic import BaseModel
 # worktrees the editable install may point at another checkout).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from posttrain.recipes import schema  # noqa: E402
+from posttrain.weighting.catalog import reference_markdown  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
 
@@ -87,6 +89,8 @@ def render() -> str:
     ]
     for model, title in sections:
         parts += _section(model, title)
+    parts += ["", reference_markdown().replace("# Strategy reference", "# Strategy reference (generated from each "
+                                                "strategy's typed config)", 1)]
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -144,7 +144,7 @@ class PosttrainGRPOTrainer(TokenLossMixin, RewardFailureMixin, GuardedTrainerMix
                                                                           completion_ids_list), len(prompts))
         self._local_texts = [completion_text(c) for c in completions]
         self._step_ctx = None
-        if self.model.training and self._rollout_strategies:
+        if self.model.training and (self._rollout_strategies or not self._estimator.trl_native):
             ctx = self._rollout_context(rewards_NK)
             for s in with_hook(self._rollout_strategies, "mix_weights"):
                 weights = self._call(s, "mix_weights", ctx)

@@ -356,14 +356,13 @@ def register_strategy(kind: str, name: str, *, aliases: Sequence[str] = ()):
 
 
 def _check_class(cls: Any, kind: str, name: str) -> None:
-    hooks = [h for h in implemented_hooks(cls) if h in HOOKS[kind]]
-    if not hooks:
-        raise StrategyError(f"{kind} strategy '{name}' implements none of the hooks of its kind "
-                            f"({', '.join(HOOKS[kind])}); it would do nothing")
     foreign = [h for h in implemented_hooks(cls) if h not in HOOKS[kind]]
     if foreign:
         raise StrategyError(f"{kind} strategy '{name}' implements {', '.join(foreign)}, which a {kind} strategy's "
                             f"trainer never calls (hooks of a {kind} strategy: {', '.join(HOOKS[kind])})")
+    if not [h for h in implemented_hooks(cls) if h in HOOKS[kind]]:
+        raise StrategyError(f"{kind} strategy '{name}' implements none of the hooks of its kind "
+                            f"({', '.join(HOOKS[kind])}); it would do nothing")
     config = getattr(cls, "Config", None)
     if not (inspect.isclass(config) and issubclass(config, BaseModel)):
         raise StrategyError(f"{kind} strategy '{name}': Config must be a pydantic model class")
