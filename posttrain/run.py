@@ -303,6 +303,7 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
         callbacks=[JsonlMetricsCallback(metrics_path), *debug_callbacks()],
         weighting=recipe.weighting,
         advantage=recipe.advantage,
+        dynamic_sampling=recipe.rollout.dynamic_sampling,
         max_reward_failure_fraction=recipe.reliability.max_reward_failure_fraction,
         max_nonfinite_steps=recipe.reliability.max_nonfinite_steps,
         diagnostics_dir=out / "diagnostics",

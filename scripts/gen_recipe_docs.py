@@ -84,7 +84,8 @@ def render() -> str:
         (schema.DataSection, "data"), (schema.DatasetSpec, "data.train / data.eval"),
         (schema.RewardSpec, "rewards[]"), (schema.WeightingSection, "weighting"),
         (schema.RewardModelSection, "reward_model"),
-        (schema.RolloutSection, "rollout"), (schema.DistributedSection, "distributed"),
+        (schema.RolloutSection, "rollout"),
+        (schema.DynamicSamplingSection, "rollout.dynamic_sampling"), (schema.DistributedSection, "distributed"),
         (schema.EvalSection, "eval"), (schema.OutputSection, "output"),
     ]
     for model, title in sections:

