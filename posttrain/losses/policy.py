@@ -254,3 +254,29 @@ def _check_finite(valid, **tensors):
     if checks and not bool(torch.stack(list(checks.values())).all()):
         bad = [k for k, ok in checks.items() if not ok]
         raise ValueError(f"non-finite values at valid positions in: {', '.join(bad)}")
+
+
+def policy_gradient_surrogate(
+    logps_NT: torch.Tensor, advantages_N: torch.Tensor, mask_NT: torch.Tensor, num_tokens
+) -> torch.Tensor:
+    """``-sum_{i,t} A_i m_it logp_it / T``: the on-policy GRPO/DAPO surrogate whose gradient is the policy gradient.
+
+    At the rollout policy (importance ratio 1, clipping inactive) the gradient of the clipped surrogate of
+    :func:`policy_loss` with ``aggregation="token_mean"`` (DAPO, Yu et al. 2025, arXiv 2503.14476, Eq. 8; TRL's
+    ``loss_type="dapo"``) equals the gradient of this expression when ``T`` is the batch's completion-token count.
+    Dynamic Reward Weighting (Lu et al., arXiv 2509.11452, method (b); official code
+    ``yining610/dynamic-reward-weighting``, ``verl/workers/fsdp_workers.py::compute_gradients``) differentiates it
+    once per objective, with that objective's advantages, to build its Gram matrix.
+
+    Args:
+        logps_NT: ``[N, T]`` per-token log-probs of the completions (carrying gradient).
+        advantages_N: ``[N]`` advantages (treated as constants; cast to ``logps_NT``'s device and dtype).
+        mask_NT: ``[N, T]`` completion mask (1 for completion tokens).
+        num_tokens: ``T``: the normaliser, e.g. the completion tokens of the whole batch over all processes
+            (a number or a scalar tensor).
+
+    Returns:
+        A scalar tensor.
+    """
+    seq_logps_N = (logps_NT * mask_NT).sum(dim=1)
+    return -(advantages_N.to(seq_logps_N.device, seq_logps_N.dtype) * seq_logps_N).sum() / num_tokens
