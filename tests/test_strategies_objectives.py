@@ -381,7 +381,8 @@ def test_a_state_of_another_strategy_or_config_is_refused():
     ({"name": "lagrangian", "thresholds": [None, None]}, env(), "lagrangian: at most one objective may be primary"),
     ({"name": "lagrangian", "thresholds": [None, 0.5], "kind": "soft"}, env(), "lagrangian: kind"),
     ({"name": "trust", "T": 0}, env(), "trust: T"),
-    ({"name": "fixed", "lagrangian": {"thresholds": [1]}}, env(), "lagrangian (argument block): lagrangian: configured"),
+    ({"name": "fixed", "lagrangian": {"thresholds": [1]}}, env(),
+     "lagrangian (argument block): lagrangian: configured"),
     ({"name": "fixed", "hypervolume": {"foo": 1}}, env(), "hypervolume (argument block): hypervolume: foo"),
 ])
 def test_bad_configs_are_one_line_errors_naming_the_key(spec, environment, fragment):

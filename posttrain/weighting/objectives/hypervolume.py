@@ -287,8 +287,8 @@ class HypervolumeWeights(ObjectiveWeighting):
         reference: optional initial-model performance vector (``buffer[0]``).
         names: optional objective names.
 
-    Caveat [inferred] on ``apply_to``: the official code multiplies the *reward* by ``m`` before computing
-    advantages. With GRPO's group std-normalised advantages ``(r - mean) / (std + eps)`` a batch-uniform positive
+    Caveat on ``apply_to`` (our reading, not stated in the paper): the official code multiplies the *reward* by ``m``
+    before computing advantages. With GRPO's group std-normalised advantages ``(r - mean) / (std + eps)`` a batch-uniform positive
     ``m`` cancels (up to ``eps``), so in the paper's GRPO runs it is essentially a no-op; it only acts for
     REINFORCE / RLOO-style or un-normalised advantages. ``apply_to="advantage"`` multiplies the advantages *after*
     normalisation, where a uniform factor does act: it scales the policy-gradient step (and its weight relative to

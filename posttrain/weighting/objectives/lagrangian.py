@@ -170,8 +170,9 @@ class LagrangianWeights(ObjectiveWeighting):
         return list(self._lt)
 
     def mix(self) -> List[float]:
-        """Raw C10 mixing coefficients per objective: ``N - sum(lambda)`` for the primary objective (if any),
-        ``lambda_i`` for constrained ones. Sums to ``N`` with a primary, to ``sum(lambda)`` without."""
+        """Raw mixing coefficients per objective (those of the official mixed advantage): ``N - sum(lambda)`` for the
+        primary objective (if any), ``lambda_i`` for constrained ones. Sums to ``N`` with a primary, to
+        ``sum(lambda)`` without."""
         lam = self.multipliers()
         out = [0.0] * self.num_objectives
         for k, l in zip(self.constrained, lam):
