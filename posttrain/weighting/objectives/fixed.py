@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from pydantic import Field
+from pydantic import Field, FiniteFloat
 
 from posttrain.weighting.objectives._common import (
     ObjectiveConfig,
@@ -62,7 +62,7 @@ class FixedWeights(ObjectiveWeighting):
 # strategy
 # ---------------------------------------------------------------------------------------------------------------------
 class FixedConfig(ObjectiveConfig):
-    weights: Optional[List[float]] = Field(
+    weights: Optional[List[FiniteFloat]] = Field(
         None, min_length=1,
         description="Objective weights, one per reward, non-negative with a positive sum; normalised to sum to 1 "
                     "(linear scalarisation r = sum_k w_k r_k). Default: the rewards' weight values.")

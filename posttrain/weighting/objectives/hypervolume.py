@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from pydantic import Field, FiniteFloat
+from pydantic import Field, FiniteFloat, StrictBool
 
 from posttrain.weighting.objectives._common import (
     ObjectiveConfig,
@@ -418,12 +418,12 @@ class HypervolumeConfig(ObjectiveConfig):
         None, min_length=1,
         description=f"Fixed base weights, one per reward, non-negative and summing to 1 within 1e-6 (the official "
                     f"config asserts it; {_PAPER}). Default: the rewards' weight values, normalised.")
-    maximize: Optional[List[bool]] = Field(
+    maximize: Optional[List[StrictBool]] = Field(
         None, min_length=1,
         description="Per objective, true when larger is better (minimised objectives are sign-flipped, as the "
                     "official hypervolumn_contribution.py::_to_maximization). Default: all true (every shipped "
                     "reward is higher-is-better).")
-    eval_every: int = Field(5, ge=1, strict=True,
+    eval_every: int = Field(5, ge=1,
                             description=f"Held-out evaluation cadence in optimizer steps; eval_every = 1 is the "
                                         f"official cadence (validation after every actor update; {_PAPER}, official "
                                         f"ray_trainer_vanilla.py::VanillaRayPPOTrainer.fit). 5 is our default: an "
