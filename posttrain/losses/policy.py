@@ -256,21 +256,30 @@ def _check_finite(valid, **tensors):
         raise ValueError(f"non-finite values at valid positions in: {', '.join(bad)}")
 
 
-def policy_gradient_surrogate(logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                              num_tokens: torch.Tensor | float) -> torch.Tensor:
-    """``-Σ_{i,t} A_i log π(y_{i,t}) m_{i,t} / num_tokens``: the on-policy GRPO/DAPO surrogate.
+def policy_gradient_surrogate(
+    logps_NT: torch.Tensor, advantages_N: torch.Tensor, mask_NT: torch.Tensor, num_tokens
+) -> torch.Tensor:
+    """``-sum_{i,t} A_i m_it logp_it / T``: the on-policy GRPO/DAPO surrogate whose gradient is the policy gradient.
 
-    At the rollout policy (importance ratio 1, clipping inactive) its gradient equals that of
-    :func:`policy_loss` with ``aggregation="token_mean"`` over ``num_tokens`` completion tokens (DAPO, Yu et al. 2025,
-    Eq. 8). Dynamic reward weighting's gradient variant (Lu et al., arXiv 2509.11452, method (b)) takes one such
-    gradient per objective, with that objective's group advantages. ``logps`` [B, T] (with grad), ``advantages``
-    [B], ``mask`` [B, T]; ``num_tokens`` the token count of the whole batch (all processes) it is normalised by.
+    At the rollout policy (importance ratio 1, clipping inactive) the gradient of the clipped surrogate of
+    :func:`policy_loss` with ``aggregation="token_mean"`` (DAPO, Yu et al. 2025, arXiv 2503.14476, Eq. 8; TRL's
+    ``loss_type="dapo"``) equals the gradient of this expression when ``T`` is the batch's completion-token count.
+    Dynamic Reward Weighting (Lu et al., arXiv 2509.11452, method (b); official code
+    ``yining610/dynamic-reward-weighting``, ``verl/workers/fsdp_workers.py::compute_gradients``) differentiates it
+    once per objective, with that objective's advantages, to build its Gram matrix.
+
+    Args:
+        logps_NT: ``[N, T]`` per-token log-probs of the completions (carrying gradient).
+        advantages_N: ``[N]`` advantages (treated as constants; cast to ``logps_NT``'s device and dtype).
+        mask_NT: ``[N, T]`` completion mask (1 for completion tokens).
+        num_tokens: ``T``: the normaliser, e.g. the completion tokens of the whole batch over all processes
+            (a number or a scalar tensor).
+
+    Returns:
+        A scalar tensor.
     """
-    if advantages.dim() != 1 or logps.dim() != 2 or advantages.size(0) != logps.size(0):
-        raise ValueError(f"advantages must be [B] and logps [B, T], got {tuple(advantages.shape)} and "
-                         f"{tuple(logps.shape)}")
-    seq_logps = (logps * mask).sum(dim=1)
-    return -(advantages.to(seq_logps.dtype) * seq_logps).sum() / num_tokens
+    seq_logps_N = (logps_NT * mask_NT).sum(dim=1)
+    return -(advantages_N.to(seq_logps_N.device, seq_logps_N.dtype) * seq_logps_N).sum() / num_tokens
 
 
 def trl_scaled_loss(loss: torch.Tensor, loss_type: str, *, local_tokens: torch.Tensor,

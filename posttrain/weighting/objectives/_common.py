@@ -11,12 +11,17 @@ Conventions used by every strategy in :mod:`posttrain.weighting.objectives`:
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+from pydantic import Field
 
 from posttrain.weighting._checks import check_real  # noqa: F401 - shared with pairs/sequences
+from posttrain.weighting.protocol import RolloutContext, Strategy, StrategyConfig, StrategyEnv
+
+logger = logging.getLogger("posttrain.weighting.objectives")
 
 STATE_VERSION = 1
 
@@ -157,3 +162,94 @@ class ObjectiveWeighting:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._config().items())})"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the shared part of every objective Strategy (posttrain.weighting.protocol)
+# ---------------------------------------------------------------------------------------------------------------------
+def names_field() -> Any:
+    return Field(None, description="Objective names, one per reward, used in the logged keys "
+                                   "(reward_weights/<name>, ...). Default: the rewards' names, which must then be "
+                                   "distinct.")
+
+
+class ObjectiveConfig(StrategyConfig):
+    """Fields every objective strategy accepts."""
+
+    names: Optional[List[str]] = names_field()
+
+
+def normalised_reward_weights(env: StrategyEnv) -> Optional[List[float]]:
+    """The rewards' ``weight`` values divided by their sum (``[1] * K`` when the env has names but no weights);
+    returned unnormalised when they are not a valid simplex, so that the strategy's own check names the problem."""
+    if not env.reward_names:
+        return None
+    w = [float(v) for v in env.reward_weights] or [1.0] * env.num_objectives
+    s = math.fsum(w) if all(math.isfinite(v) for v in w) else float("nan")
+    if not (s > 0) or any(v < 0 for v in w):
+        return w
+    return [v / s for v in w]
+
+
+def objective_names(names: Optional[Sequence[str]], env: StrategyEnv) -> Optional[List[str]]:
+    """The configured names, else the env's reward names (which must be distinct: one logged key per objective)."""
+    if names is not None:
+        return list(names)
+    if not env.reward_names:
+        return None
+    if len(set(env.reward_names)) != len(env.reward_names):
+        raise ValueError(f"the rewards need distinct names for per-objective logging (got "
+                         f"{list(env.reward_names)}); set args.name on the rewards")
+    return list(env.reward_names)
+
+
+def check_objective_count(num_objectives: int, env: StrategyEnv) -> None:
+    """One objective per reward of the run (checked when the env knows the rewards)."""
+    k = env.num_objectives
+    if k and num_objectives != k:
+        raise ValueError(f"configured for {num_objectives} objective(s) but the recipe has {k} reward(s); give one "
+                         f"value per reward")
+
+
+def objective_means(ctx: RolloutContext) -> Optional[List[float]]:
+    """Per-objective batch means of ``ctx.rewards_NK`` (NaN samples left out, float64); ``None`` -- with a
+    warning -- when some objective has no valid sample this step (its weight input would be undefined)."""
+    means = torch.nanmean(ctx.rewards_NK.double(), dim=0).tolist()
+    if any(not math.isfinite(m) for m in means):
+        logger.warning("objective weighting: an objective has no valid reward this step; weights not updated")
+        return None
+    return means
+
+
+class ObjectiveStrategy(Strategy):
+    """Base of the built-in objective strategies: each wraps one :class:`ObjectiveWeighting` (``self.weighting``,
+    the pure method object) and forwards its checkpoint state. Subclasses build ``self.weighting`` in
+    ``__init__`` and implement the hooks."""
+
+    weighting: ObjectiveWeighting
+
+    def names(self, ctx: Any) -> List[str]:
+        """The objective names used in logged keys: the strategy's, else the context's reward names."""
+        return list(self.weighting.names or ctx.reward_names)
+
+    def log_weights(self, ctx: RolloutContext, weights: Sequence[float]) -> None:
+        for name, w in zip(self.names(ctx), weights):
+            ctx.log(f"reward_weights/{name}", float(w))
+
+    def _finish_init(self) -> None:
+        """After ``self.weighting`` is built: one objective per reward of the run, then the default names (the
+        rewards'), set after the count check so that a miscount is reported as such."""
+        check_objective_count(self.weighting.num_objectives, self.env)
+        if self.config.names is None:
+            self.weighting.names = objective_names(None, self.env)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"objective": self.weighting.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Accepts this strategy's ``state_dict()`` or, from checkpoints written before the strategy protocol, the
+        wrapped object's own ``state_dict()``."""
+        if not isinstance(state, dict):
+            raise ValueError(f"{self.name}: a state must be a dict, got {type(state).__name__}")
+        inner = state["objective"] if "objective" in state else state
+        self.weighting.load_state_dict(inner)

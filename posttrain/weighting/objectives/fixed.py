@@ -3,15 +3,21 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
+from pydantic import Field, FiniteFloat
+
 from posttrain.weighting.objectives._common import (
+    ObjectiveConfig,
+    ObjectiveStrategy,
     ObjectiveWeighting,
     as_float_list,
     check_int,
     check_names,
     normalise_simplex,
+    objective_means,
 )
+from posttrain.weighting.protocol import RolloutContext, StrategyEnv, register_strategy
 
-__all__ = ["FixedWeights"]
+__all__ = ["FixedWeights", "FixedConfig", "FixedStrategy"]
 
 
 class FixedWeights(ObjectiveWeighting):
@@ -50,3 +56,45 @@ class FixedWeights(ObjectiveWeighting):
 
     def _set_state(self, state: Dict[str, Any]) -> None:
         self.step = check_int("state.step", state["step"], low=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# strategy
+# ---------------------------------------------------------------------------------------------------------------------
+class FixedConfig(ObjectiveConfig):
+    weights: Optional[List[FiniteFloat]] = Field(
+        None, min_length=1,
+        description="Objective weights, one per reward, non-negative with a positive sum; normalised to sum to 1 "
+                    "(linear scalarisation r = sum_k w_k r_k). Default: the rewards' weight values.")
+
+
+@register_strategy("objective", "fixed")
+class FixedStrategy(ObjectiveStrategy):
+    """Constant objective weights (linear scalarisation ``r = sum_k w_k r_k``), the baseline every library offers.
+
+    ``mix_weights``: the normalised weights, every training step (logged as ``reward_weights/<name>``)."""
+
+    Config = FixedConfig
+    cite = "linear scalarisation r = sum_k w_k r_k"
+
+    @staticmethod
+    def config_defaults(env: StrategyEnv) -> Dict[str, Any]:
+        if not env.reward_names:
+            return {}
+        return {"weights": [float(v) for v in env.reward_weights] or [1.0] * env.num_objectives}
+
+    def __init__(self, config: Optional[FixedConfig] = None, env: Optional[StrategyEnv] = None):
+        super().__init__(config, env)
+        if self.config.weights is None:
+            raise ValueError("'weights' is required when the run's rewards are unknown")
+        self.weighting = FixedWeights(self.config.weights, names=self.config.names)
+        self._finish_init()
+
+    def mix_weights(self, ctx: RolloutContext) -> Optional[List[float]]:
+        if ctx.mode != "train":
+            return None
+        objective_means(ctx)  # warns when an objective has no valid sample (the weights do not depend on it)
+        weights = self.weighting.weights()
+        self.log_weights(ctx, weights)
+        self.weighting.update()
+        return weights

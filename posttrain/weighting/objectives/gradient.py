@@ -3,26 +3,37 @@
 
 Official code ``yining610/dynamic-reward-weighting`` (commit 238fe655...):
 ``verl/trainer/ppo/ray_trainer_optimization.py`` (the ``reweight`` block of ``fit``) and
-``verl/workers/fsdp_workers.py::compute_gradients``. Spec: ``methods.md`` C8(b).
+``verl/workers/fsdp_workers.py::compute_gradients``.
 """
 from __future__ import annotations
 
+import logging
 import math
+import re
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
+from pydantic import Field, FiniteFloat, model_validator
 
+from posttrain.losses.advantages import group_advantages
 from posttrain.weighting.objectives._common import (
+    ObjectiveConfig,
+    ObjectiveStrategy,
     ObjectiveWeighting,
     as_float_list,
     check_int,
     check_names,
     check_real,
     normalise_simplex,
+    normalised_reward_weights,
+    objective_means,
     softmax,
 )
+from posttrain.weighting.protocol import RolloutContext, StrategyEnv, register_strategy
 
-__all__ = ["GradientWeights", "gram_alignment"]
+__all__ = ["GradientWeights", "gram_alignment", "GradientConfig", "GradientStrategy"]
+
+logger = logging.getLogger("posttrain.weighting.objectives")
 
 Grads = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -199,3 +210,120 @@ class GradientWeights(ObjectiveWeighting):
         ls = state.get("last_scores")
         self.last_scores = None if ls is None else as_float_list("state.last_scores", ls, self.num_objectives)
         self.step = check_int("state.step", state["step"], low=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# strategy
+# ---------------------------------------------------------------------------------------------------------------------
+_PAPER = "Dynamic Reward Weighting, Lu et al., arXiv 2509.11452, method (b)"
+
+
+class GradientConfig(ObjectiveConfig):
+    num_objectives: Optional[int] = Field(None, ge=1, description="K, one objective per reward. Default: the "
+                                                                  "number of rewards.")
+    initial_weights: Optional[List[FiniteFloat]] = Field(
+        None, min_length=1,
+        description=f"Initial weights, non-negative, normalised to sum to 1 (the official config writes "
+                    f"[0.334, 0.333, 0.333]; {_PAPER}). Default: the rewards' weight values, normalised.")
+    regularization_factor: FiniteFloat = Field(
+        1e-5, gt=0, description=f"Divides the step: log w += lr * s / regularization_factor (official 1e-5 with lr "
+                                f"1e-6; {_PAPER}, official ray_trainer_optimization.py, the reweight block of fit).")
+    accumulation_steps: int = Field(1, ge=1, description="Steps whose alignment scores are averaged before one "
+                                                         "weight update (official weight_accumulation_steps = 1).")
+    parameters: Optional[str] = Field(
+        None, description="Regular expression searched in the trainable parameters' names: the gradients of the Gram "
+                          "matrix are taken over the matching tensors only (the official code uses layers 10-25 of "
+                          "Qwen3-8B: fsdp_workers.py::compute_gradients). Default: every trainable parameter (the "
+                          "LoRA adapters with LoRA).")
+
+    @model_validator(mode="after")
+    def _valid_pattern(self) -> "GradientConfig":
+        if self.parameters is not None:
+            try:
+                re.compile(self.parameters)
+            except re.error as exc:
+                raise ValueError(f"parameters is not a valid regular expression ({exc}): "
+                                 f"{self.parameters!r}") from None
+        return self
+
+
+@register_strategy("objective", "gradient")
+class GradientStrategy(ObjectiveStrategy):
+    """Exponentiated-gradient objective weights from per-objective policy gradients (Dynamic Reward Weighting,
+    Lu et al., arXiv 2509.11452, method (b); official code ``yining610/dynamic-reward-weighting``,
+    ``verl/trainer/ppo/ray_trainer_optimization.py`` (the ``reweight`` block of ``fit``) and
+    ``verl/workers/fsdp_workers.py::compute_gradients``).
+
+    * ``mix_weights``: the current weights (TRL's mix; superseded by ``reshape_rewards`` in training).
+    * ``reshape_rewards``: per objective ``k`` the group advantages ``A_k`` of reward ``k`` alone
+      (:func:`~posttrain.losses.advantages.group_advantages`, the run's ``scale_rewards``); the trainer's
+      ``ctx.policy_gradients(A_KN)`` returns the ``[K, P]`` gradients of the on-policy surrogate
+      (:func:`posttrain.losses.policy.policy_gradient_surrogate`) over the parameters matching
+      :attr:`parameter_pattern`; ``update(grads, ctx.learning_rate)`` moves the weights, which form *this* step's
+      reward ``sum_k w_k r_k`` (the official order). A non-finite gradient keeps the weights (warning). Logs
+      ``reward_weights/<name>``, ``objective_weighting/gradient_score/<name>`` (the alignment score ``s_k``) and
+      ``objective_weighting/gradient_norm/<name>`` (``|g_k|``)."""
+
+    Config = GradientConfig
+    cite = f"{_PAPER}: log w += lr * (Gram row sums) / regularization_factor, w = softmax(log w)"
+
+    @staticmethod
+    def config_defaults(env: StrategyEnv) -> Dict[str, Any]:
+        if not env.reward_names:
+            return {}
+        return {"num_objectives": env.num_objectives, "initial_weights": normalised_reward_weights(env)}
+
+    def __init__(self, config: Optional[GradientConfig] = None, env: Optional[StrategyEnv] = None):
+        super().__init__(config, env)
+        c = self.config
+        self.weighting = GradientWeights(c.num_objectives, initial_weights=c.initial_weights,
+                                         regularization_factor=c.regularization_factor,
+                                         accumulation_steps=c.accumulation_steps,
+                                         names=c.names)
+        self._finish_init()
+        #: the ``parameters`` regular expression (``None``: every trainable parameter); the trainer's
+        #: ``policy_gradients`` service differentiates the parameters for which :meth:`selects` is true
+        self.parameter_pattern: Optional[str] = c.parameters
+        trainable = self.env.trainable_parameters
+        if trainable is not None and not any(self.selects(n) for n in trainable):
+            raise ValueError(f"gradient: no trainable parameter matches parameters={self.parameter_pattern!r}")
+
+    def selects(self, parameter_name: str) -> bool:
+        """True when the parameter named ``parameter_name`` feeds the Gram matrix (``re.search``)."""
+        return self.parameter_pattern is None or re.search(self.parameter_pattern, parameter_name) is not None
+
+    @classmethod
+    def warnings(cls, config: GradientConfig, env: StrategyEnv) -> List[str]:
+        if env.max_steps is not None and config.accumulation_steps > env.max_steps:
+            return [f"accumulation_steps = {config.accumulation_steps} > the run's {env.max_steps} steps: the "
+                    f"weights never change"]
+        return []
+
+    def mix_weights(self, ctx: RolloutContext) -> Optional[List[float]]:
+        if ctx.mode != "train":
+            return None
+        objective_means(ctx)  # warns when an objective has no valid sample
+        return self.weighting.weights()  # logged in reshape_rewards, once updated
+
+    def reshape_rewards(self, ctx: RolloutContext) -> Optional[torch.Tensor]:
+        if ctx.mode != "train":
+            return None
+        rewards_NK = ctx.rewards_NK
+        advantages_KN = torch.stack([group_advantages(rewards_NK[:, k].float(), ctx.group_size,
+                                                      scale=ctx.scale_rewards)
+                                     for k in range(rewards_NK.size(1))])
+        grads = ctx.policy_gradients(advantages_KN)
+        if not bool(torch.isfinite(grads).all()):
+            logger.warning("gradient objective weighting: non-finite per-objective gradient; weights not updated")
+        else:
+            weights = self.weighting.update(grads.cpu().double(), float(ctx.learning_rate))
+            names = self.names(ctx)
+            self.log_weights(ctx, weights)
+            for name, v in zip(names, self.weighting.last_scores or []):
+                ctx.log(f"objective_weighting/gradient_score/{name}", float(v))
+            for name, v in zip(names, grads.norm(dim=1).tolist()):
+                ctx.log(f"objective_weighting/gradient_norm/{name}", float(v))
+        w = torch.tensor(self.weighting.weights(), dtype=torch.float32, device=rewards_NK.device)
+        rewards = (rewards_NK * w.unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(rewards_NK).all(dim=1)] = torch.nan
+        return rewards

@@ -3,24 +3,29 @@ with Constrained RLHF", ICLR 2024, arXiv 2310.04373).
 
 Official code ``tedmoskovitz/ConstrainedRL4LMs``, ``rl4lms/algorithms/constrained_ppo/constrained_ppo.py::
 ConstrainedPPO.train`` (mixed advantages and the multiplier loss/SGD step); config
-``scripts/training/task_configs/dialog/gpt2_constrained_ppo.yml``. Spec: ``methods.md`` C10.
+``scripts/training/task_configs/dialog/gpt2_constrained_ppo.yml``.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 import torch
+from pydantic import Field, FiniteFloat
 
 from posttrain.weighting.objectives._common import (
+    ObjectiveConfig,
+    ObjectiveStrategy,
     ObjectiveWeighting,
     as_float_list,
     check_int,
     check_names,
     check_real,
+    objective_means,
 )
+from posttrain.weighting.protocol import RolloutContext, StrategyEnv, register_strategy
 
-__all__ = ["LagrangianWeights"]
+__all__ = ["LagrangianWeights", "LagrangianConfig", "LagrangianStrategy"]
 
 KINDS = ("inequality", "equality")
 
@@ -52,7 +57,7 @@ class LagrangianWeights(ObjectiveWeighting):
     The official code steps the multipliers after every PPO minibatch; here, once per ``update`` call -- the trainer
     calls it once per optimisation step with that step's batch means.
 
-    Mixing (C10 step 3): the official PPO mixes *normalised advantages*
+    Mixing: the official PPO mixes *normalised advantages*
     ``A = (N - sum_i lambda_i) A_task + sum_i lambda_i A_i`` where ``N`` is the number of constraints and ``A_task``
     is the KL-penalty ("task") value stream. GRPO in posttrain has no separate KL value stream (the KL to the
     reference is a loss term, ``kl_coef``), so the mapping onto per-objective reward weights is a documented choice:
@@ -165,8 +170,9 @@ class LagrangianWeights(ObjectiveWeighting):
         return list(self._lt)
 
     def mix(self) -> List[float]:
-        """Raw C10 mixing coefficients per objective: ``N - sum(lambda)`` for the primary objective (if any),
-        ``lambda_i`` for constrained ones. Sums to ``N`` with a primary, to ``sum(lambda)`` without."""
+        """Raw mixing coefficients per objective (those of the official mixed advantage): ``N - sum(lambda)`` for the
+        primary objective (if any), ``lambda_i`` for constrained ones. Sums to ``N`` with a primary, to
+        ``sum(lambda)`` without."""
         lam = self.multipliers()
         out = [0.0] * self.num_objectives
         for k, l in zip(self.constrained, lam):
@@ -238,3 +244,82 @@ class LagrangianWeights(ObjectiveWeighting):
         lv = state.get("last_violation")
         self.last_violation = None if lv is None else as_float_list("state.last_violation", lv, n)
         self.step = check_int("state.step", state["step"], low=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# strategy
+# ---------------------------------------------------------------------------------------------------------------------
+_PAPER = "Constrained RLHF, Moskovitz et al., arXiv 2310.04373"
+
+
+class LagrangianConfig(ObjectiveConfig):
+    thresholds: Optional[List[Optional[FiniteFloat]]] = Field(
+        None, min_length=1,
+        description=f"Required. One entry per reward: the constraint threshold theta_k on its batch-mean reward "
+                    f"(J_k >= theta_k, or = theta_k with kind=equality), or null for at most one primary, "
+                    f"unconstrained objective ({_PAPER}; the official dialog config uses [0.44, 0.238]).")
+    kind: Literal["inequality", "equality"] = Field(
+        "inequality", description=f"inequality: lambda = sigmoid(lt) in (0, 1), J_k >= theta_k; equality: lambda = "
+                                  f"tanh(lt) in (-1, 1), J_k = theta_k ({_PAPER}; official code "
+                                  f"constrained_ppo.py::ConstrainedPPO.train).")
+    lr: FiniteFloat = Field(0.1, ge=0, description=f"SGD learning rate of the multipliers (the official dialog "
+                                                    f"config's 0.1; {_PAPER}).")
+    momentum: FiniteFloat = Field(0.1, ge=0, description=f"SGD momentum of the multipliers (official 0.1; {_PAPER}).")
+    max_grad_norm: Optional[FiniteFloat] = Field(
+        0.5, ge=0, description=f"Gradient-norm clip of the multiplier step (official 0.5); 0 or null disables "
+                               f"({_PAPER}).")
+    init: Union[Literal["normal", "zeros"], List[FiniteFloat]] = Field(
+        "normal", description=f"Initial unconstrained multipliers lt: normal (N(0, init_std^2), the official "
+                              f"initialisation), zeros, or one value per constrained objective ({_PAPER}).")
+    init_std: FiniteFloat = Field(0.01, ge=0, description=f"Std of the normal initialisation (official 0.01; "
+                                                          f"{_PAPER}).")
+    seed: int = Field(0, description="Seed of the normal initialisation (a torch.Generator).")
+    fixed: bool = Field(False, description=f"Keep the multipliers at their initial values (the official "
+                                           f"fixed_lagrange option; {_PAPER}).")
+
+
+@register_strategy("objective", "lagrangian")
+class LagrangianStrategy(ObjectiveStrategy):
+    """Lagrange-multiplier objective weights (Constrained RLHF, Moskovitz et al., ICLR 2024, arXiv 2310.04373;
+    official code ``tedmoskovitz/ConstrainedRL4LMs``, ``rl4lms/algorithms/constrained_ppo/constrained_ppo.py::
+    ConstrainedPPO.train``).
+
+    ``mix_weights``: this step's mix uses the current multipliers (logged as ``reward_weights/<name>`` and
+    ``objective_weighting/lambda/<name>`` per constrained objective); then one multiplier step
+    ``update(J)`` with ``J_k`` the batch mean of reward ``k`` (missing samples left out), so the new multipliers
+    act from the next step on -- the official code steps them after the policy step. A step where some objective
+    has no valid sample keeps the multipliers (warning)."""
+
+    Config = LagrangianConfig
+    cite = f"{_PAPER}, the Lagrangian relaxation with squashed multipliers (official ConstrainedPPO.train)"
+
+    def __init__(self, config: Optional[LagrangianConfig] = None, env: Optional[StrategyEnv] = None):
+        super().__init__(config, env)
+        c = self.config
+        if c.thresholds is None:
+            raise ValueError("'thresholds' is required: one per reward (the minimum mean reward; null marks at most "
+                             "one primary, unconstrained objective)")
+        self.weighting = LagrangianWeights(
+            c.thresholds, kind=c.kind, lr=c.lr, momentum=c.momentum, max_grad_norm=c.max_grad_norm, init=c.init,
+            init_std=c.init_std, seed=c.seed, fixed=c.fixed, names=c.names)
+        self._finish_init()
+
+    @classmethod
+    def warnings(cls, config: LagrangianConfig, env: StrategyEnv) -> List[str]:
+        if config.lr == 0 and not config.fixed:
+            return ["lr = 0: the multipliers never move (say fixed: true if constant multipliers are meant)"]
+        return []
+
+    def mix_weights(self, ctx: RolloutContext) -> Optional[List[float]]:
+        if ctx.mode != "train":
+            return None
+        means = objective_means(ctx)
+        lagrangian = self.weighting
+        weights = lagrangian.weights()
+        self.log_weights(ctx, weights)
+        names = self.names(ctx)
+        for k, lam in zip(lagrangian.constrained, lagrangian.multipliers()):
+            ctx.log(f"objective_weighting/lambda/{names[k]}", lam)
+        if means is not None:
+            lagrangian.update(means)  # official order: the multipliers step after the policy step -> next mix
+        return weights

@@ -1,6 +1,8 @@
 """Convergence/instability objective weights in the spirit of RECAP (Phan et al., Meta, arXiv 2510.21978v2,
 ACL 2026 Findings): Section 4 Eq. 1, Algorithm 1 and Algorithm 2 (PyTorch pseudocode), Appendix A.2/A.6/A.7.
-Spec: ``methods.md`` C9.
+
+One class, :class:`RecapWeights` (``ConvergenceInstabilityWeights`` is the same class under its former name);
+registered as the objective strategy ``recap`` (alias ``convergence_instability``).
 """
 from __future__ import annotations
 
@@ -9,20 +11,25 @@ from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence
 
 import torch
+from pydantic import Field, FiniteFloat
 
 from posttrain.weighting.objectives._common import (
+    ObjectiveConfig,
+    ObjectiveStrategy,
     ObjectiveWeighting,
     as_float_list,
     check_int,
     check_names,
     check_real,
+    objective_means,
     softmax,
 )
+from posttrain.weighting.protocol import RolloutContext, StrategyEnv, register_strategy
 
-__all__ = ["ConvergenceInstabilityWeights"]
+__all__ = ["RecapWeights", "ConvergenceInstabilityWeights", "RecapConfig", "RecapStrategy"]
 
 
-class ConvergenceInstabilityWeights(ObjectiveWeighting):
+class RecapWeights(ObjectiveWeighting):
     """Short-horizon convergence rate and volatility of each objective -> softmax weights (RECAP-like).
 
     What RECAP specifies (arXiv 2510.21978v2): for each objective ``k`` keep a FIFO buffer of the last ``2W``
@@ -43,7 +50,7 @@ class ConvergenceInstabilityWeights(ObjectiveWeighting):
     losses, so when it feeds e.g. a reward shortfall ``1 - mean reward_k`` (or any other non-negative "distance to
     done" per objective) instead of a loss, this class is a convergence/instability reweighter *in the spirit of*
     RECAP, applied to a different monitored quantity. The paper is also silent on which scalar an "RL surrogate
-    loss" is for a 0/1 reward (UNCERTAIN in methods.md). Feed true per-objective losses to get RECAP proper.
+    loss" is for a 0/1 reward. Feed true per-objective losses to get RECAP proper.
 
     Guards (NOT in the paper; documented choices): losses that approach 0 or change sign would blow up ``c`` and
     ``i``, so we use magnitudes and ``eps``: ``c = (|mu~| + eps) / (|mu| + eps)`` (0/0 -> 1, "saturated"),
@@ -69,6 +76,7 @@ class ConvergenceInstabilityWeights(ObjectiveWeighting):
         names: optional objective names.
     """
 
+    #: the tag in ``state_dict()``; kept from the class's former name so that existing checkpoints still load
     strategy = "convergence_instability"
 
     def __init__(
@@ -182,3 +190,75 @@ class ConvergenceInstabilityWeights(ObjectiveWeighting):
         self.last_convergence = None if lc is None else as_float_list("state.last_convergence", lc, self.num_objectives)
         self.last_instability = None if li is None else as_float_list("state.last_instability", li, self.num_objectives)
         self.step = check_int("state.step", state["step"], low=0)
+
+
+#: the former name of :class:`RecapWeights` (same class)
+ConvergenceInstabilityWeights = RecapWeights
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# strategy
+# ---------------------------------------------------------------------------------------------------------------------
+_PAPER = "RECAP, Phan et al., arXiv 2510.21978v2"
+
+
+class RecapConfig(ObjectiveConfig):
+    num_objectives: Optional[int] = Field(None, ge=1, description="K, one objective per reward. Default: the "
+                                                                  "number of rewards.")
+    window: int = Field(10, ge=1, description=f"W: the buffer holds the last 2W values per objective; the "
+                                              f"convergence rate compares the means of its two halves ({_PAPER}, "
+                                              f"Sec. 4 Eq. 1, App. A.2: W = 10).")
+    temperature: FiniteFloat = Field(5.0, gt=0, description=f"T of lambda = K softmax(s / T) ({_PAPER}, Sec. 4 "
+                                                            f"Eq. 1, App. A.2: T = 5).")
+    alpha: FiniteFloat = Field(0.5, ge=0, le=1, description=f"Priority s = alpha c + (1 - alpha) i of the "
+                                                            f"convergence rate c and instability i ({_PAPER}, App. "
+                                                            f"A.7: alpha = 0.5).")
+    eps: FiniteFloat = Field(1e-8, ge=0, description="Guard added to |mean| in c and i (not in the paper: keeps "
+                                                     "them finite when a monitored value approaches 0).")
+    max_score: FiniteFloat = Field(10.0, gt=0, description="Clamp of c and i to [0, max_score] (not in the paper; "
+                                                           "same purpose as eps).")
+
+
+@register_strategy("objective", "recap", aliases=("convergence_instability",))
+class RecapStrategy(ObjectiveStrategy):
+    """Convergence/instability objective weights in the spirit of RECAP (Phan et al., arXiv 2510.21978v2, Sec. 4
+    Eq. 1, Algorithm 2), applied to rewards.
+
+    ``mix_weights``: ``update([1 - J_k])`` *before* the mix (Algorithm 2's order: a step's own value counts
+    towards its weight), with ``J_k`` the batch mean of reward ``k`` (missing samples left out); the monitored
+    "loss" of objective ``k`` is its shortfall from 1 (every shipped reward is at most 1). This is our adaptation
+    of RECAP to per-objective rewards, not RECAP's per-objective losses. A step where some objective has no valid
+    sample keeps the weights (warning). Logs ``reward_weights/<name>``."""
+
+    Config = RecapConfig
+    cite = f"{_PAPER}, Sec. 4 Eq. 1 and Algorithm 2 (adapted to reward shortfalls)"
+
+    @staticmethod
+    def config_defaults(env: StrategyEnv) -> Dict[str, Any]:
+        return {"num_objectives": env.num_objectives} if env.reward_names else {}
+
+    def __init__(self, config: Optional[RecapConfig] = None, env: Optional[StrategyEnv] = None):
+        super().__init__(config, env)
+        c = self.config
+        if c.num_objectives is None:
+            raise ValueError("'num_objectives' is required when the run's rewards are unknown")
+        self.weighting = RecapWeights(c.num_objectives, window=c.window, temperature=c.temperature, alpha=c.alpha,
+                                      eps=c.eps, max_score=c.max_score, names=c.names)
+        self._finish_init()
+
+    @classmethod
+    def warnings(cls, config: RecapConfig, env: StrategyEnv) -> List[str]:
+        if env.max_steps is not None and 2 * config.window > env.max_steps:
+            return [f"the warm-up (2 * window = {2 * config.window} steps) outlasts the run ({env.max_steps} "
+                    f"steps): the weights stay uniform"]
+        return []
+
+    def mix_weights(self, ctx: RolloutContext) -> Optional[List[float]]:
+        if ctx.mode != "train":
+            return None
+        means = objective_means(ctx)
+        if means is not None:
+            self.weighting.update([1.0 - m for m in means])  # Algorithm 2: update before the weighted combination
+        weights = self.weighting.weights()
+        self.log_weights(ctx, weights)
+        return weights

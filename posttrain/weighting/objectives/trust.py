@@ -2,7 +2,8 @@
 
 Official code ``kxfan2002/SophiaVL-R1``, ``verl/workers/reward/custom.py::CustomRewardManager.__call__`` (the
 per-group branch ``n > 0``); groups are formed in ``verl/trainer/ray_trainer.py::rank_dynamic_reward_fn``.
-Spec: ``methods.md`` C11.
+Paper: Sec. 3 Eq. 1-2 (mean thinking reward of correct / wrong rollouts), Eq. 3 (trust weight gamma),
+Eq. 4 (final reward with the time-annealed factor).
 """
 from __future__ import annotations
 
@@ -10,16 +11,21 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from pydantic import Field, FiniteFloat
 
 from posttrain.weighting._checks import check_finite, check_same_shape
 from posttrain.weighting.objectives._common import (
+    ObjectiveConfig,
+    ObjectiveStrategy,
     ObjectiveWeighting,
     check_int,
     check_names,
     check_real,
+    objective_means,
 )
+from posttrain.weighting.protocol import RolloutContext, StrategyEnv, register_strategy
 
-__all__ = ["TrustWeighting"]
+__all__ = ["TrustWeighting", "TrustConfig", "TrustStrategy"]
 
 
 def _vec(name: str, x: Any) -> torch.Tensor:
@@ -42,7 +48,7 @@ class TrustWeighting(ObjectiveWeighting):
     1. If every ``a_i >= 0.9`` or every ``a_i <= 0.1`` (a saturated group): ``t_i = 0`` and ``d = 0``
        (the official code logs ``gamma = 0.5`` here).
     2. Otherwise, with ``aux_gate`` (default 0.2, official): ``t_i = 0`` where ``a_i < 0.2`` (the TRM is only queried
-       for ``a_i >= 0.2``; ``needs_aux`` tells the trainer which rollouts to score). ``aux_gate=None`` disables this.
+       for ``a_i >= 0.2``; ``needs_aux`` gives that mask). ``aux_gate=None`` disables this.
     3. ``correct = a_i >= 0.5``; ``mu_c = mean(t | correct)``, ``mu_w = mean(t | not correct)`` (0 if empty).
     4. Annealing: ``d = alpha * exp(-s / T)`` (``alpha = 0.3``, ``T = 500`` = ``worker.reward.alpha``).
     5. Trust: if ``mu_c < mu_w`` the auxiliary reward is untrusted and ``d *= exp(mu_c - mu_w)`` -- except when no
@@ -103,7 +109,9 @@ class TrustWeighting(ObjectiveWeighting):
 
     def needs_aux(self, outcome_scores: Any, group_ids: Any = None) -> torch.Tensor:
         """Bool mask of the rollouts whose auxiliary score the official code would query: rollouts in
-        non-saturated groups with ``a_i >= aux_gate`` (all of a non-saturated group when ``aux_gate`` is None)."""
+        non-saturated groups with ``a_i >= aux_gate`` (all of a non-saturated group when ``aux_gate`` is None).
+        A helper for callers that score the auxiliary reward lazily; :class:`TrustStrategy` scores every rollout
+        (``combine`` applies the same gate) and does not use it."""
         a = _vec("outcome_scores", outcome_scores)
         gids = self._group_ids(group_ids, a.numel())
         mask = torch.zeros(a.numel(), dtype=torch.bool)
@@ -201,3 +209,82 @@ class TrustWeighting(ObjectiveWeighting):
 
     def _set_state(self, state: Dict[str, Any]) -> None:
         self.step = check_int("state.step", state["step"], low=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# strategy
+# ---------------------------------------------------------------------------------------------------------------------
+_PAPER = "Trust-GRPO (SophiaVL-R1), Fan et al., arXiv 2505.17018"
+
+
+class TrustConfig(ObjectiveConfig):
+    alpha: FiniteFloat = Field(0.3, ge=0, description=f"alpha of the annealed auxiliary factor alpha exp(-step / T) "
+                                                      f"({_PAPER}, Eq. 4; official worker.reward.alpha = 0.3).")
+    T: FiniteFloat = Field(500.0, gt=0, description=f"Annealing horizon T in steps ({_PAPER}, Eq. 4; official "
+                                                    f"500).")
+    aux_gate: Optional[FiniteFloat] = Field(
+        0.2, description="Auxiliary scores of rollouts with outcome below this are set to 0 (the official code "
+                         "queries the thinking reward model only for outcome >= 0.2: custom.py::"
+                         "CustomRewardManager.__call__); null disables the gate.")
+    saturation_high: FiniteFloat = Field(0.9, description="A group whose outcomes are all >= this gets no auxiliary "
+                                                          "reward (official 0.9).")
+    saturation_low: FiniteFloat = Field(0.1, description="A group whose outcomes are all <= this gets no auxiliary "
+                                                         "reward (official 0.1).")
+    correct_threshold: FiniteFloat = Field(0.5, description=f"Outcome at or above which a rollout counts as correct "
+                                                            f"in the trust comparison ({_PAPER}, Eq. 1-2: 0.5).")
+
+
+@register_strategy("objective", "trust")
+class TrustStrategy(ObjectiveStrategy):
+    """Trust-weighted, annealed auxiliary reward (Trust-GRPO / SophiaVL-R1, Fan et al., arXiv 2505.17018,
+    Eq. 1-4; official code ``kxfan2002/SophiaVL-R1``, ``verl/workers/reward/custom.py::
+    CustomRewardManager.__call__``). Needs exactly two rewards: the outcome (first) and the auxiliary (second).
+
+    * ``mix_weights``: ``update(step=ctx.step)``; returns ``weights()``, the effective outcome/auxiliary mix of a
+      trusted group at this step (``[1, b] / (1 + b)``, ``b = alpha exp(-step / T)``), for TRL's mix and the log
+      ``reward_weights/<name>``.
+    * ``reshape_rewards``: the per-group reward ``a_i + d_g t_i`` (:meth:`TrustWeighting.combine`) that no weight
+      vector expresses; a missing auxiliary score counts as 0, a missing outcome leaves the reward missing (NaN).
+      Logs ``objective_weighting/trust/mean_discount`` (mean ``d_g`` over groups)."""
+
+    Config = TrustConfig
+    cite = f"{_PAPER}, Eq. 1-4"
+
+    def __init__(self, config: Optional[TrustConfig] = None, env: Optional[StrategyEnv] = None):
+        super().__init__(config, env)
+        c = self.config
+        k = self.env.num_objectives
+        if k and k != 2:
+            raise ValueError(f"trust needs exactly 2 rewards (outcome, auxiliary), got {k}")
+        self.weighting = TrustWeighting(c.alpha, c.T, aux_gate=c.aux_gate, saturation_high=c.saturation_high,
+                                        saturation_low=c.saturation_low, correct_threshold=c.correct_threshold,
+                                        names=c.names)
+        self._finish_init()
+
+    @classmethod
+    def warnings(cls, config: TrustConfig, env: StrategyEnv) -> List[str]:
+        if config.alpha == 0:
+            return ["alpha = 0: the auxiliary reward is never added (plain GRPO on the outcome reward)"]
+        return []
+
+    def mix_weights(self, ctx: RolloutContext) -> Optional[List[float]]:
+        if ctx.mode != "train":
+            return None
+        objective_means(ctx)  # warns when an objective has no valid sample
+        self.weighting.update(step=int(ctx.step))
+        weights = self.weighting.weights()
+        self.log_weights(ctx, weights)
+        return weights
+
+    def reshape_rewards(self, ctx: RolloutContext) -> Optional[torch.Tensor]:
+        if ctx.mode != "train":
+            return None
+        rewards_NK = ctx.rewards_NK
+        outcome = torch.nan_to_num(rewards_NK[:, 0], nan=0.0)
+        aux = torch.nan_to_num(rewards_NK[:, 1], nan=0.0)
+        rewards = self.weighting.combine(outcome, aux, ctx.group_ids_N.cpu()).to(rewards_NK.device, torch.float32)
+        rewards[torch.isnan(rewards_NK[:, 0])] = torch.nan
+        rewards[torch.isnan(rewards_NK).all(dim=1)] = torch.nan
+        stats = self.weighting.last_stats
+        ctx.log("objective_weighting/trust/mean_discount", sum(s["discount"] for s in stats) / max(len(stats), 1))
+        return rewards
