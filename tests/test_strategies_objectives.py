@@ -203,8 +203,8 @@ def test_gradient_moves_weight_to_the_objective_with_a_gradient_and_mixes_this_s
     s = build({"name": "gradient", "regularization_factor": 1.0})
     seen = {}
 
-    def policy_gradients(advantages_KN):
-        seen["adv"] = advantages_KN
+    def policy_gradients(advantages_KN, parameters=None):
+        seen["adv"], seen["parameters"] = advantages_KN, parameters
         return torch.tensor([[1.0, 2.0], [0.0, 0.0]])  # objective b (a constant reward) has no gradient
 
     rewards = [[1.0, 0.5], [0.0, 0.5], [1.0, 0.5], [1.0, 0.5], [0.0, 0.5], [0.0, 0.5], [NAN, NAN], [1.0, 0.5]]
@@ -212,6 +212,7 @@ def test_gradient_moves_weight_to_the_objective_with_a_gradient_and_mixes_this_s
     c = ctx(rewards, log, learning_rate=0.1, policy_gradients=policy_gradients)
     assert s.mix_weights(c) == [0.5, 0.5] and not log  # the current weights; logged once updated
     r = s.reshape_rewards(c)
+    assert seen["parameters"] is None and c.weights_K == tuple(s.weighting.weights())
     # advantages per objective alone (TRL's formula), [K, N]
     rt = torch.tensor(rewards)
     assert torch.equal(seen["adv"], torch.stack([group_advantages(rt[:, 0], G), group_advantages(rt[:, 1], G)]))
@@ -232,7 +233,7 @@ def test_gradient_moves_weight_to_the_objective_with_a_gradient_and_mixes_this_s
 
 def test_gradient_with_a_non_finite_gradient_keeps_the_weights(caplog):
     s = build("gradient", env(weights=[3.0, 1.0]))
-    c = ctx(constant([1.0, 0.0]), learning_rate=1.0, policy_gradients=lambda adv: torch.tensor([[NAN], [1.0]]))
+    c = ctx(constant([1.0, 0.0]), learning_rate=1.0, policy_gradients=lambda adv, parameters=None: torch.tensor([[NAN], [1.0]]))
     with caplog.at_level(logging.WARNING):
         r = s.reshape_rewards(c)
     assert "non-finite per-objective gradient" in caplog.text
@@ -257,10 +258,11 @@ class FakeEvaluation:
     """``evaluate_objectives`` service returning the queued performance vectors."""
 
     def __init__(self, *results):
-        self.results, self.calls = list(results), 0
+        self.results, self.calls, self.kwargs = list(results), 0, []
 
-    def __call__(self):
+    def __call__(self, num_prompts=32, max_new_tokens=None):
         self.calls += 1
+        self.kwargs.append((num_prompts, max_new_tokens))
         return self.results.pop(0)
 
 
@@ -281,6 +283,7 @@ def test_hypervolume_evaluates_the_reference_then_scales_the_advantages_by_the_m
     assert log["objective_weighting/front_hypervolume"] == [0.0]
     assert s.mix_weights(c) == [0.5, 0.5] and log["objective_weighting/meta_reward"] == [1.0, 0.5]
     assert evaluate.calls == 2  # the reference is evaluated once
+    assert evaluate.kwargs == [(4, None), (4, None)]  # the strategy's eval_prompts reach the evaluation service
     adv = s.adjust_advantages(ctx(constant([0, 0]), advantages_N=torch.tensor([1.0, -1.0, 2.0, 0.0])))
     assert torch.equal(adv, torch.tensor([0.5, -0.5, 1.0, 0.0]))
     # after step 2: a point better in both objectives: HVC = 0.1 * 0.05 -> m = 0.5 + 1.5 tanh(HVC)
@@ -296,7 +299,7 @@ def test_hypervolume_apply_to_reward_scales_the_mix_and_evaluates_on_its_cadence
                "eval_max_new_tokens": 16}, env(weights=[3.0, 1.0], has_eval_data=True))
     assert s.eval_prompts == 32 and s.eval_max_new_tokens == 16
 
-    def never():
+    def never(**kwargs):
         raise AssertionError("not an evaluation step")
 
     s.on_step_end(StepEndContext(step=1, evaluate_objectives=never))
@@ -315,13 +318,13 @@ def _drive(strategy, steps=3):
     evaluation = iter([[0.2 + 0.1 * i, 0.3 + 0.05 * i] for i in range(10)])
     for step in range(steps):
         rewards = torch.rand(2 * G, 2, generator=g)
-        c = ctx(rewards, step=step, learning_rate=0.01, policy_gradients=lambda adv: next(grads),
-                evaluate_objectives=lambda: next(evaluation))
+        c = ctx(rewards, step=step, learning_rate=0.01, policy_gradients=lambda adv, parameters=None: next(grads),
+                evaluate_objectives=lambda **kw: next(evaluation))
         out = [strategy.mix_weights(c)]
         if "reshape_rewards" in implemented_hooks(strategy):
             out.append(strategy.reshape_rewards(c).tolist())
         if "on_step_end" in implemented_hooks(strategy):
-            strategy.on_step_end(StepEndContext(step=step + 1, evaluate_objectives=lambda: next(evaluation)))
+            strategy.on_step_end(StepEndContext(step=step + 1, evaluate_objectives=lambda **kw: next(evaluation)))
     return out
 
 
@@ -435,7 +438,7 @@ def test_a_user_objective_strategy_runs_by_import_path(user_strategies_on_path):
 @pytest.mark.parametrize("cls, fragment", [
     ("DoesNothing", "implements none of the hooks of its kind (mix_weights, reshape_rewards, adjust_advantages, "
                     "on_step_end); it would do nothing"),
-    ("WrongKindHook", "implements none of the hooks of its kind"),  # only a token hook
+    ("WrongKindHook", "implements token_weights, which the trainer never calls on"),  # only a token hook
 ])
 def test_a_user_class_implementing_no_objective_hook_is_refused(user_strategies_on_path, cls, fragment):
     with pytest.raises(StrategyError) as err:

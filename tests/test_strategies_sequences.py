@@ -321,7 +321,7 @@ def test_user_sequence_strategy_by_import_path():
 
 @pytest.mark.parametrize("cls, fragment", [
     ("ConfigOnly", "implements none of the hooks of its kind (reshape_rewards, adjust_advantages, on_step_end)"),
-    ("TokenHookOnly", "implements none of the hooks of its kind"),
+    ("TokenHookOnly", "implements token_weights, which the trainer never calls"),
 ])
 def test_user_class_without_a_sequence_hook_is_refused(cls, fragment):
     with pytest.raises(StrategyError) as err:

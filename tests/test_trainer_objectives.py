@@ -21,6 +21,7 @@ from posttrain.recipes.loader import RecipeError
 from posttrain.recipes.schema import StrategySpec, WeightingSection
 from posttrain.rewards.base import completion_text
 from posttrain.trainers import PosttrainGRPOTrainer
+from posttrain.trainers import grpo_services as services
 from posttrain.weighting.sequences import dra_weights, loss_sample_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +76,21 @@ def _logged(trainer, key):
     return [row[key] for row in trainer.state.log_history if key in row]
 
 
+def _mix(trainer, rewards_NK, texts=None):
+    """The rollout side up to TRL's mix: the objective strategies' ``mix_weights`` on these rewards."""
+    trainer._local_texts = list(texts) if texts is not None else ["x"] * rewards_NK.size(0)
+    return trainer._mix(rewards_NK)
+
+
+def _advantages(trainer, out, rewards_NK, texts=None):
+    """The rollout side after TRL: ``reshape_rewards`` -> estimator -> ``adjust_advantages`` on ``out``."""
+    return trainer._rollout_hooks(_mix(trainer, rewards_NK, texts), out)
+
+
+def _objective(trainer):
+    return trainer._rollout_strategies[0]
+
+
 def _generation_inputs(n_prompts=2):
     # no assistant pre-fill: TRL renders these prompts exactly as our trainer does, so both sample the same tokens
     ds = arithmetic_problems(8, low=1, high=9, seed=3, prefill=False)
@@ -102,7 +118,7 @@ def test_recap_surrogate_favours_the_objective_that_still_improves(tiny, tmp_pat
     flat, falling = 0.5, [0.2, 0.6]   # objective 1's shortfall 1 - J falls 0.8 -> 0.4: convergence rate 2
     for j in falling:
         rpf = torch.tensor([[flat, j]] * (2 * G))
-        tr._reweight_before_mix(rpf, ["x"] * (2 * G), "train")
+        _mix(tr, rpf)
     w = tr.reward_weights.tolist()
     # c = (0.8/0.4, 0.5/0.5), i from the 2-value std; lambda = K softmax(s / T) -> objective 1 heavier
     assert w[1] > w[0] and sum(w) == pytest.approx(1.0)
@@ -160,9 +176,8 @@ def test_trust_adds_the_discounted_auxiliary_reward_per_group(tiny, tmp_path):
     # group 0: mixed outcomes, aux higher for the correct rollouts (trusted); group 1: saturated (all wrong)
     rpf = torch.tensor([[1.0, 0.9], [1.0, 0.7], [0.0, 0.1], [0.0, 0.3],
                         [0.0, 0.9], [0.0, 0.2], [0.0, 0.5], [0.0, 0.1]])
-    tr._reweight_before_mix(rpf, ["x"] * 8, "train")
     out = {"completion_ids": torch.zeros(8, 2, dtype=torch.long), "advantages": torch.zeros(8)}
-    adv = tr._reweight_advantages(out, "train")["advantages"]
+    adv = _advantages(tr, out, rpf)
     d = 0.3  # alpha * exp(-0 / T), trusted
     r0 = torch.tensor([1.0, 1.0, 0.0, 0.0]) + d * torch.tensor([0.9, 0.7, 0.0, 0.3 * 0.0])  # a < 0.2 gates t to 0
     expected = group_advantages(torch.cat([r0, torch.zeros(4)]), G)
@@ -184,12 +199,12 @@ def test_gradient_objective_gradient_equals_trls_loss_gradient(tiny, tmp_path):
     torch.manual_seed(0)
     out = tr._generate_and_score_completions(_generation_inputs())
     params = [p for p in tr.model.parameters() if p.requires_grad]
-    tr._gradient_params = params
     n = out["completion_ids"].size(0)
-    grads = tr._objective_gradients(out, slice(0, n))
+    adv_KN = torch.stack([group_advantages(tr._last_rewards_NK[:, k].float(), G) for k in range(2)])
+    grads = services.policy_gradients(tr, out, adv_KN, params, slice(0, n))
     assert grads.shape == (2, sum(p.numel() for p in params))
     for k in range(2):
-        adv = group_advantages(tr._last_rewards[:, k].float(), G)
+        adv = group_advantages(tr._last_rewards_NK[:, k].float(), G)
         assert adv.abs().sum() > 0  # a real comparison
         inputs = {**out, "advantages": adv}
         loss = TRLGRPO._compute_loss(tr, tr.model, inputs)
@@ -212,7 +227,7 @@ def test_gradient_objective_moves_weight_to_the_objective_with_a_gradient(tiny, 
     # state round trip: the weights and the strategy state come back from a checkpoint
     fresh = _trainer(tiny, tmp_path / "b", [text_length, always_high], {"name": "gradient", "regularization_factor": 1.0})
     fresh.load_posttrain_state(tr.posttrain_state())
-    assert fresh._objective.weights() == tr._objective.weights()
+    assert _objective(fresh).weighting.weights() == _objective(tr).weighting.weights()
     assert fresh.reward_weights.tolist() == tr.reward_weights.tolist()
 
 
@@ -224,10 +239,12 @@ def test_gradient_identical_objectives_keep_equal_weights_and_parameter_filter(t
 
     tr = _trainer(tiny, tmp_path, [text_length, text_length_again],
                   {"name": "gradient", "parameters": r"layers\.1\."}, max_steps=2)
-    assert tr._gradient_params and all(p.requires_grad for p in tr._gradient_params)
-    names = {id(p): n for n, p in tr.model.named_parameters()}
-    assert all("layers.1." in names[id(p)] for p in tr._gradient_params)
     tr.train()
+    selected = tr._gradient_params[r"layers\.1\."]
+    assert selected and all(p.requires_grad for p in selected)
+    names = {id(p): n for n, p in tr.model.named_parameters()}
+    assert all("layers.1." in names[id(p)] for p in selected)
+    assert len(selected) < len([p for p in tr.model.parameters() if p.requires_grad])
     assert _logged(tr, "reward_weights/text_length") == [pytest.approx(0.5)] * 2
     with pytest.raises(UserError, match="no trainable parameter matches"):
         _trainer(tiny, tmp_path / "none", [text_length], {"name": "gradient", "parameters": "no_such_layer"})
@@ -243,9 +260,11 @@ def test_hypervolume_evaluates_each_objective_and_scales_advantages(tiny, tmp_pa
     assert _logged(tr, "objective_eval/always_high") == [pytest.approx(0.9)] * 2
     # constant performance = the reference: no hypervolume gain -> m = 0.5 from step 2 on
     assert _logged(tr, "objective_weighting/meta_reward") == [1.0, 0.5]
-    assert tr._objective.meta_reward() == 0.5
+    assert _objective(tr).weighting.meta_reward() == 0.5
     out = {"completion_ids": torch.zeros(4, 2, dtype=torch.long), "advantages": torch.tensor([1.0, -1.0, 2.0, 0.0])}
-    assert torch.equal(tr._reweight_advantages(out, "train")["advantages"], torch.tensor([0.5, -0.5, 1.0, 0.0]))
+    tr.model.train()
+    adv = tr._rollout_hooks(_mix(tr, torch.zeros(4, 2)), out)
+    assert torch.equal(adv, torch.tensor([0.5, -0.5, 1.0, 0.0]))
 
 
 # ------------------------------------------------------------------------------------------------- state round trip
@@ -260,8 +279,8 @@ def test_strategy_state_round_trip_through_a_checkpoint(tiny, tmp_path, objectiv
     batches = [torch.rand(2 * G, 2, generator=g) for _ in range(4)]
     a.model.train()
     for rpf in batches[:3]:
-        a._reweight_before_mix(rpf, ["x"] * (2 * G), "train")
-    a._sequences["loss_reweighting"][0].num_steps = 2
+        _mix(a, rpf)
+    a._rollout_strategies[1].num_steps = 2
     buf = io.BytesIO()
     torch.save(a.posttrain_state(), buf)  # as CheckpointStateMixin writes it
     buf.seek(0)
@@ -271,13 +290,13 @@ def test_strategy_state_round_trip_through_a_checkpoint(tiny, tmp_path, objectiv
     fresh = _trainer(tiny, tmp_path / "c", [text_length, vowel_share], objectives, seqs)
     b.load_posttrain_state(state)
     assert b.reward_weights.tolist() == a.reward_weights.tolist()
-    assert b._objective.state_dict() == a._objective.state_dict()
-    assert b._sequences["loss_reweighting"][0].num_steps == 2
+    assert _objective(b).state_dict() == _objective(a).state_dict()
+    assert b._rollout_strategies[1].num_steps == 2
     for tr in (a, b, fresh):
         tr.model.train()
-        tr._reweight_before_mix(batches[3], ["x"] * (2 * G), "train")
+        _mix(tr, batches[3])
     assert b.reward_weights.tolist() == a.reward_weights.tolist()
-    assert json.dumps(b._objective.state_dict()) == json.dumps(a._objective.state_dict())
+    assert json.dumps(_objective(b).state_dict()) == json.dumps(_objective(a).state_dict())
     assert fresh.reward_weights.tolist() != a.reward_weights.tolist()  # without the state: different weights
 
 
@@ -290,10 +309,10 @@ def _hand_batch(n, advantages):
 
 def test_seed_scales_only_the_group_with_diverse_answers(tiny, tmp_path):
     tr = _trainer(tiny, tmp_path, [text_length], sequences=[{"name": "seed", "alpha": 0.5}])
-    tr._last_texts = ["5", "5", " 5 ", "5.", "1", "2", "3", "it is 4"]  # group 0: one answer; group 1: four answers
-    tr._last_rewards = torch.zeros(8, 1)
+    texts = ["5", "5", " 5 ", "5.", "1", "2", "3", "it is 4"]  # group 0: one answer; group 1: four answers
     adv = [0.5, -0.5, 1.0, -1.0, 1.5, -1.5, 0.5, -0.5]
-    out = tr._reweight_advantages(_hand_batch(8, adv), "train")
+    tr.model.train()
+    out = {"advantages": _advantages(tr, _hand_batch(8, adv), torch.zeros(8, 1), texts)}
     # SE = 0 -> f = 1; SE = log 4 = SE_max -> f(alpha * 1) = 1 - 0.5 (linear)
     expected = torch.tensor(adv[:4] + [0.5 * a for a in adv[4:]])
     assert torch.allclose(out["advantages"], expected, atol=1e-6)
@@ -305,10 +324,9 @@ def test_dra_discounts_redundant_completions_before_group_normalisation(tiny, tm
     tr = _trainer(tiny, tmp_path, [always_low], sequences=[{"name": "dra"}])
     texts = ["the cat sat on the mat", "the cat sat on the mat", "a cat sat on a mat",
              "quarterly tax filing deadlines", "7", "8", "9", "10"]
-    tr._last_texts = texts
     rpf = torch.tensor([[1.0], [1.0], [1.0], [1.0], [1.0], [0.0], [0.0], [0.0]])
-    tr._last_rewards = rpf
-    out = tr._reweight_advantages(_hand_batch(8, [0.0] * 8), "train")
+    tr.model.train()
+    out = {"advantages": _advantages(tr, _hand_batch(8, [0.0] * 8), rpf, texts)}
     w = dra_weights(torch.from_numpy(encode_texts(texts)), torch.arange(8) // G)
     expected = group_advantages(rpf[:, 0] * tr.reward_weights[0] * w, G)
     assert torch.allclose(out["advantages"], expected, atol=1e-5)
@@ -324,11 +342,11 @@ def test_loss_reweighting_after_burn_in_upweights_high_loss_completions(tiny, tm
     nll = torch.tensor([0.1, 0.5, 1.0, 2.0, 0.3, 0.3, 0.7, 1.5])
     batch = _hand_batch(8, [1.0] * 8)
     batch["old_per_token_logps"] = -nll[:, None].expand(8, 3).clone()
-    tr._last_texts, tr._last_rewards = ["x"] * 8, torch.zeros(8, 1)
-    burn_in = tr._reweight_advantages(copy.deepcopy(batch), "train")["advantages"]
+    tr.model.train()
+    burn_in = _advantages(tr, copy.deepcopy(batch), torch.zeros(8, 1))
     assert torch.equal(burn_in, torch.ones(8))  # global_step 0 < burn_in_steps: uniform
     tr.state.global_step = 1
-    adv = tr._reweight_advantages(copy.deepcopy(batch), "train")["advantages"]
+    adv = _advantages(tr, copy.deepcopy(batch), torch.zeros(8, 1))
     expected = 8 * loss_sample_weights(nll)
     assert torch.allclose(adv, expected, atol=1e-5)
     assert adv.mean().item() == pytest.approx(1.0, abs=1e-5)
@@ -356,8 +374,9 @@ def test_sequence_strategies_in_a_real_training_step(tiny, tmp_path):
     ("weighting.objectives={name: hypervolume, eval_prompts: 0}", "weighting.objectives: hypervolume: eval_prompts"),
     ("weighting.objectives={name: fixed, lagrangian: {thresholds: [1]}, hypervolume: {foo: 1}}",
      "weighting.objectives: hypervolume (argument block): hypervolume: unknown argument 'foo'"),
-    ("weighting.sequences=[{name: dra, scope: device}]", "weighting.sequences.0: dra: scope must be one of"),
-    ("weighting.sequences=[{name: seed, form: cubic}]", "weighting.sequences.0: seed: unknown SEED-GRPO form"),
+    ("weighting.sequences=[{name: dra, scope: device}]", "weighting.sequences.0: dra: scope: Input should be 'group' or "
+     "'process'"),
+    ("weighting.sequences=[{name: seed, form: cubic}]", "weighting.sequences.0: seed: form: Input should be 'linear'"),
     ("weighting.sequences=[{name: loss_reweighting, temperature: 0}]", "weighting.sequences.0: loss_reweighting"),
     ("weighting.sequences=[{name: seed}, {name: seed}]", "weighting.sequences: seed is listed twice"),
 ])

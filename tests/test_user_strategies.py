@@ -140,7 +140,7 @@ def test_a_user_strategy_without_a_hook_of_its_kind_is_refused_at_validate_time(
 
 
 def test_a_user_strategy_of_the_wrong_kind_is_refused(tiny, tmp_path):
-    with pytest.raises(UserError, match="implements estimate, which a sequence strategy"):
+    with pytest.raises(UserError, match="implements estimate, which the trainer never calls on a sequence"):
         _trainer(tiny, tmp_path, sequences=[{"name": f"{USER}:ZeroAdvantages"}])
     with pytest.raises(RecipeError, match="unknown argument"):
         load_recipe(ROOT / "recipes" / "tiny_grpo.yaml",

@@ -358,8 +358,8 @@ def register_strategy(kind: str, name: str, *, aliases: Sequence[str] = ()):
 def _check_class(cls: Any, kind: str, name: str) -> None:
     foreign = [h for h in implemented_hooks(cls) if h not in HOOKS[kind]]
     if foreign:
-        raise StrategyError(f"{kind} strategy '{name}' implements {', '.join(foreign)}, which a {kind} strategy's "
-                            f"trainer never calls (hooks of a {kind} strategy: {', '.join(HOOKS[kind])})")
+        raise StrategyError(f"{kind} strategy '{name}' implements {', '.join(foreign)}, which the trainer never calls "
+                            f"on a {kind} strategy (its hooks: {', '.join(HOOKS[kind])})")
     if not [h for h in implemented_hooks(cls) if h in HOOKS[kind]]:
         raise StrategyError(f"{kind} strategy '{name}' implements none of the hooks of its kind "
                             f"({', '.join(HOOKS[kind])}); it would do nothing")
@@ -422,7 +422,13 @@ def _config_of(cls: Type[Strategy], args: Mapping[str, Any], env: StrategyEnv) -
     try:
         return cls.Config(**merged)
     except ValidationError as exc:
-        raise StrategyError(f"{cls.name or cls.__name__}: {format_validation_error(exc)}") from None
+        err = exc.errors()[0]
+        label_ = cls.name or cls.__name__
+        if err["type"] == "extra_forbidden":
+            accepted = ", ".join(cls.Config.model_fields) or "(none)"
+            raise StrategyError(f"{label_}: unknown argument '{'.'.join(str(p) for p in err['loc'])}'; accepted: "
+                                f"{accepted}") from None
+        raise StrategyError(f"{label_}: {format_validation_error(exc)}") from None
 
 
 def split_spec(kind: str, spec: Any) -> Tuple[str, Dict[str, Any], Dict[str, Dict[str, Any]]]:

@@ -312,7 +312,7 @@ class GradientStrategy(ObjectiveStrategy):
         advantages_KN = torch.stack([group_advantages(rewards_NK[:, k].float(), ctx.group_size,
                                                       scale=ctx.scale_rewards)
                                      for k in range(rewards_NK.size(1))])
-        grads = ctx.policy_gradients(advantages_KN)
+        grads = ctx.policy_gradients(advantages_KN, parameters=self.parameter_pattern)
         if not bool(torch.isfinite(grads).all()):
             logger.warning("gradient objective weighting: non-finite per-objective gradient; weights not updated")
         else:
@@ -323,7 +323,5 @@ class GradientStrategy(ObjectiveStrategy):
                 ctx.log(f"objective_weighting/gradient_score/{name}", float(v))
             for name, v in zip(names, grads.norm(dim=1).tolist()):
                 ctx.log(f"objective_weighting/gradient_norm/{name}", float(v))
-        w = torch.tensor(self.weighting.weights(), dtype=torch.float32, device=rewards_NK.device)
-        rewards = (rewards_NK * w.unsqueeze(0)).nansum(dim=1)
-        rewards[torch.isnan(rewards_NK).all(dim=1)] = torch.nan
-        return rewards
+        ctx.weights_K = tuple(self.weighting.weights())  # the new weights form this step's reward (official order)
+        return ctx.mix()

@@ -505,7 +505,8 @@ class HypervolumeStrategy(ObjectiveStrategy):
         hv = self.weighting
         names = self.names(ctx)
         if hv.reference() is None:
-            ref = ctx.evaluate_objectives()
+            ref = ctx.evaluate_objectives(num_prompts=self.config.eval_prompts,
+                                          max_new_tokens=self.config.eval_max_new_tokens)
             hv.set_reference(ref)
             for name, v in zip(names, ref):
                 ctx.log(f"objective_eval_reference/{name}", v)
@@ -524,7 +525,8 @@ class HypervolumeStrategy(ObjectiveStrategy):
         hv = self.weighting
         if not hv.should_evaluate(ctx.step) or hv.reference() is None:  # no reference: not trained yet
             return
-        perf = ctx.evaluate_objectives()
+        perf = ctx.evaluate_objectives(num_prompts=self.config.eval_prompts,
+                                       max_new_tokens=self.config.eval_max_new_tokens)
         m = hv.update(perf)
         for name, v in zip(self.names(ctx), perf):
             ctx.log(f"objective_eval/{name}", v)
