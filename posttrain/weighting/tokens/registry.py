@@ -42,17 +42,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, List, Literal, Mapping, Optional, Tuple, Type
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic_core import PydanticUndefined
 
-from ...registry import Registry
+from ...registry import Registry, RegistryError
 from ..protocol import (
     HOOKS,
     Strategy,
     StrategyConfig,
     StrategyEnv,
     StrategyError,
-    format_validation_error,
     implemented_hooks,
     register_strategy,
 )
@@ -213,16 +212,18 @@ def config_from_signature(fn: Callable[..., Any], class_name: str) -> Type[Strat
     except Exception:  # noqa: BLE001 - unresolvable annotations: the fields accept any value
         hints = {}
 
-    def fields(typed: bool) -> Dict[str, Any]:
-        return {p.name: (hints.get(p.name, Any) if typed else Any,
-                         Field(... if p.default is p.empty else p.default,
-                               description=f"argument '{p.name}' of {fn.__module__}.{fn.__qualname__}"))
-                for p in named}
+    def checkable(annotation: Any) -> Any:  # an annotation pydantic cannot check accepts any value
+        try:
+            create_model("_Probe", value=(annotation, None))
+            return annotation
+        except Exception:  # noqa: BLE001
+            return Any
 
-    try:
-        return create_model(f"{class_name}Config", __base__=base, **fields(True))
-    except Exception:  # noqa: BLE001 - an annotation pydantic cannot check: keep the defaults, accept any value
-        return create_model(f"{class_name}Config", __base__=base, **fields(False))
+    fields = {p.name: (checkable(hints.get(p.name, Any)),
+                       Field(... if p.default is p.empty else p.default,
+                             description=f"argument '{p.name}' of {fn.__module__}.{fn.__qualname__}"))
+              for p in named}
+    return create_model(f"{class_name}Config", __base__=base, **fields)
 
 
 def _check_config_matches(strat: TokenStrategy, config: Type[BaseModel]) -> None:
@@ -311,8 +312,10 @@ def token_strategy(name: str, *, needs=(), kind: str = "weight", needs_fn=None, 
                               disables_clipping=disables_clipping)
         cls = _strategy_class(strat, config, cite, warnings)
         object.__setattr__(strat, "strategy_class", cls)
-        TOKEN_STRATEGIES.register(name, strat)
+        if name in TOKEN_STRATEGIES:  # checked first: both registrations happen, or neither
+            raise RegistryError(f"token weighting strategy '{name}' is already registered")
         register_strategy("token", name)(cls)
+        TOKEN_STRATEGIES.register(name, strat)
         return strat
 
     return _wrap
@@ -375,6 +378,3 @@ def strategy_terms(strategy: Strategy) -> List[TokenStrategy]:
     return [TokenStrategy(name=strategy_label(strategy), fn=getattr(strategy, hook), needs=needs,
                           kind=KIND_OF_HOOK[hook], disables_clipping=clip) for hook in token_hooks(strategy)]
 
-
-def config_error(label: str, exc: ValidationError) -> StrategyError:
-    return StrategyError(f"{label}: {format_validation_error(exc)}")
