@@ -1,23 +1,32 @@
-"""Composition of token strategies listed in a recipe (``weighting.tokens``).
+"""Composition of the token strategies listed in a recipe (``weighting.tokens``).
 
 Rule: weights multiply (masks are {0,1} weights); advantage strategies run first, in list order, and every
 later strategy sees the shaped advantages (the ones the policy loss will use); loss terms add up. The
 aggregation normalizer is the policy loss's (``aggregation=``), not ``sum(w)``: a zero weight removes a token's
 gradient but the token still counts in the denominator, as in STEER, 80/20, Clip-Cov and TW-GRPO's code.
+
+Every function here takes either recipe specs (``{"name": ..., **args}`` dicts or bare names, checked against
+the functions' signatures as before) or built protocol strategies of kind ``"token"``
+(``protocol.build_strategies("token", specs, env, unique=False)`` or :func:`build_token_strategies`), or a mix:
+both compose through the same code and give the same numbers.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, List, Mapping, Optional
 
 import torch
+from pydantic import ValidationError
 
-from . import strategies as _builtin  # noqa: F401  (registers the built-in strategies)
-from .registry import TOKEN_STRATEGIES, TokenBatch, TokenStrategy, as_strategy
+from ...registry import RegistryError, import_path
+from ..protocol import Strategy, StrategyEnv, StrategyError, build_strategy, format_validation_error
+from . import strategies as _builtin  # noqa: F401  (the method files register the built-in strategies)
+from .registry import TOKEN_STRATEGIES, TokenBatch, TokenStrategy, as_strategy, function_strategy_class, strategy_terms
 from .stats import _summary
 
 
-def _parse(spec: Any) -> tuple[TokenStrategy, dict]:
+def _name_and_args(spec: Any) -> tuple[str, dict]:
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, Mapping):
@@ -26,28 +35,77 @@ def _parse(spec: Any) -> tuple[TokenStrategy, dict]:
     name = args.pop("name", None)
     if not isinstance(name, str) or not name:
         raise ValueError(f"token strategy spec needs a 'name' string, got {spec!r}")
-    strat = as_strategy(TOKEN_STRATEGIES.get(name), name)
+    return name, args
+
+
+def _parse(spec: Any) -> list[tuple[TokenStrategy, dict]]:
+    name, args = _name_and_args(spec)
+    obj = TOKEN_STRATEGIES.get(name)  # a registered function strategy, or whatever an import path names
+    if inspect.isclass(obj):  # a Strategy subclass by import path: built (and checked) by the protocol
+        return [(term, {}) for term in strategy_terms(build_strategy("token", {"name": name, **args}))]
+    strat = as_strategy(obj, name)
     strat.check_args(args)
-    return strat, args
+    return [(strat, args)]
+
+
+def _entries(items: Optional[Iterable[Any]]) -> list[tuple[TokenStrategy, dict]]:
+    out: list = []
+    for item in items or []:
+        if isinstance(item, Strategy):
+            out.extend((term, {}) for term in strategy_terms(item))
+        else:
+            out.extend(_parse(item))
+    return out
 
 
 def parse_token_specs(specs: Optional[Iterable[Any]]) -> list[tuple[TokenStrategy, dict]]:
     """Validate a list of ``{"name": ..., **args}`` specs (unknown name -> ``RegistryError``, unknown argument
-    -> ``ValueError``, both one line naming the strategy); returns ``[(strategy, args), ...]``."""
-    return [_parse(s) for s in (specs or [])]
+    -> ``ValueError``, both one line naming the strategy); returns ``[(strategy, args), ...]``.
+
+    A built strategy (or a ``Strategy`` subclass given by import path) gives one ``(TokenStrategy, {})`` per token
+    hook it implements, whose ``kind`` is that hook's token kind."""
+    return _entries(specs)
 
 
 def required_inputs(specs: Optional[Iterable[Any]]) -> frozenset:
     """Union of the optional :class:`TokenBatch` inputs the configured strategies need (see ``registry.INPUTS``)."""
     out: set = set()
-    for strat, args in parse_token_specs(specs):
+    for strat, args in _entries(specs):
         out |= strat.requirements(args)
     return frozenset(out)
 
 
 def clipping_disabled(specs: Optional[Iterable[Any]]) -> bool:
     """True if a configured strategy requires the policy loss without ratio clipping (KL-Cov)."""
-    return any(strat.disables_clipping for strat, _ in parse_token_specs(specs))
+    return any(strat.disables_clipping for strat, _ in _entries(specs))
+
+
+def build_token_strategies(specs: Optional[Iterable[Any]], env: Optional[StrategyEnv] = None) -> List[Strategy]:
+    """``protocol.build_strategies("token", specs, env, unique=False)`` that also accepts a plain function given
+    by import path (``pkg.mod:fn``, as recipes always could): its protocol class has a Config derived from the
+    function's keyword signature. Errors are one line, prefixed with the list index (``0: steer: ...``); a name
+    may repeat (diagnostics then use ``name#2``)."""
+    out: List[Strategy] = []
+    for i, spec in enumerate(specs or []):
+        try:
+            out.append(_build_one(spec, env))
+        except (StrategyError, RegistryError, ValueError) as exc:
+            raise type(exc)(f"{i}: {exc}") from None
+    return out
+
+
+def _build_one(spec: Any, env: Optional[StrategyEnv]) -> Strategy:
+    name, args = _name_and_args(spec)
+    if ":" in name and name not in TOKEN_STRATEGIES:
+        obj = import_path(name, "token weighting strategy")
+        if not inspect.isclass(obj) and callable(obj):
+            cls = function_strategy_class(obj, name)
+            try:
+                config = cls.Config(**args)
+            except ValidationError as exc:
+                raise StrategyError(f"{name}: {format_validation_error(exc)}") from None
+            return cls(config, env or StrategyEnv())
+    return build_strategy("token", {"name": name, **args}, env)
 
 
 @dataclass
@@ -90,8 +148,9 @@ def _key(diags: dict, name: str) -> str:
 
 
 def apply_token_strategies(specs: Optional[Iterable[Any]], batch: TokenBatch) -> TokenStrategyResult:
-    """Run every configured strategy on ``batch`` and combine them (module docstring for the rule)."""
-    parsed = parse_token_specs(specs)
+    """Run every configured strategy (specs or built strategies) on ``batch`` and combine them (module
+    docstring for the rule)."""
+    parsed = _entries(specs)
     valid = batch.mask.bool()
     diags: dict = {}
     adv = batch.advantages
@@ -132,16 +191,31 @@ def apply_token_strategies(specs: Optional[Iterable[Any]], batch: TokenBatch) ->
 def compose_token_weights(specs: Optional[Iterable[Any]], batch: TokenBatch) -> tuple[torch.Tensor, dict]:
     """Product of the weight strategies in ``specs`` -> ``(weights [B, T] float32 detached, diagnostics)``.
 
-    ``specs`` is a list of ``{"name": ..., **args}`` (or bare names). Only ``kind == "weight"`` strategies are
-    accepted here (a loss term or advantage strategy raises ``ValueError``: use :func:`apply_token_strategies`).
-    An empty list gives ``mask`` as float (all-ones weights). Diagnostics: per strategy, ``mean``, ``std``,
-    ``min``, ``max``, ``frac_zero`` of its own weights over valid tokens.
+    ``specs`` is a list of ``{"name": ..., **args}`` (or bare names, or built strategies). Only ``kind ==
+    "weight"`` strategies are accepted here (a loss term or advantage strategy raises ``ValueError``: use
+    :func:`apply_token_strategies`). An empty list gives ``mask`` as float (all-ones weights). Diagnostics: per
+    strategy, ``mean``, ``std``, ``min``, ``max``, ``frac_zero`` of its own weights over valid tokens.
     """
-    parsed = parse_token_specs(specs)
-    for strat, _ in parsed:
+    specs = list(specs or [])
+    for strat, _ in _entries(specs):
         if strat.kind != "weight":
             raise ValueError(f"token strategy '{strat.name}' is a {strat.kind}, not a weight; "
                              f"use apply_token_strategies for it")
     res = apply_token_strategies(specs, batch)
     w = res.weights if res.weights is not None else batch.mask.bool().float()
     return w, res.diagnostics
+
+
+def dry_run_token_strategies(strategies: Optional[Iterable[Any]]) -> None:
+    """Run the strategies (built, or specs) once on a tiny synthetic batch holding every optional input, so that
+    argument values only a strategy's function rejects are reported at validate time, in one line, and not as a
+    traceback in the middle of training. Raises what :func:`apply_token_strategies` raises."""
+    g = torch.Generator().manual_seed(0)
+    b, t, v = 4, 3, 5
+    logps = -torch.rand(b, t, generator=g)
+    full = torch.log_softmax(torch.randn(b, t, v, generator=g), dim=-1)
+    batch = TokenBatch(advantages=torch.randn(b, generator=g), mask=torch.ones(b, t), logps=logps,
+                       old_logps=logps, entropies=torch.rand(b, t, generator=g),
+                       old_entropies=torch.rand(b, t, generator=g), group_size=2, full_logprobs_fn=lambda: full,
+                       clip_low=0.2, clip_high=0.2, generator=g)
+    apply_token_strategies(list(strategies or []), batch)

@@ -1,19 +1,34 @@
 """Clip-Cov and KL-Cov of "The Entropy Mechanism of RL for Reasoning LMs" (Cui et al., arXiv 2505.22617).
 
 Official code: ``PRIME-RL/Entropy-Mechanism-of-RL`` @ 8850579, ``verl/trainer/ppo/core_algos.py``:
-``compute_policy_loss_clip_cov`` (l.469) and ``compute_policy_loss_kl_cov`` (l.426); spec ``methods.md`` A3.
+``compute_policy_loss_clip_cov`` (l.469) and ``compute_policy_loss_kl_cov`` (l.426).
 Both use the per-token covariance statistic over the valid tokens of the tensors passed in
 (micro-batch in the official code; the trainer decides the scope)::
 
     Cov_t = (A_t - mean_valid(A)) * (log pi_theta(o_t) - mean_valid(log pi_theta))
 
 computed from the **current** log-probs, detached (only an index selection depends on it).
+
+One paper, two methods, one file: pure functions (:func:`clip_cov_mask`, :func:`kl_cov_mask`,
+:func:`kl_cov_penalty`, :func:`kl_cov_loss`), configs :class:`ClipCovConfig` / :class:`KlCovConfig` and the token
+strategies ``clip_cov`` (a weight; protocol class :class:`ClipCov`) and ``kl_cov`` (a loss term without ratio
+clipping; :class:`KlCov`).
 """
 from __future__ import annotations
 
+from typing import Annotated, Literal, Optional, Union
+
 import torch
+from pydantic import Field, FiniteFloat, field_validator, model_validator
 
 from ._common import broadcast_advantages, check_finite, check_range, check_same_shape, clean, valid_of, work_dtype
+from .registry import TokenBatch, TokenStrategyConfig, token_strategy
+
+_PAPER = "The Entropy Mechanism of RL for Reasoning LMs, arXiv 2505.22617"
+_CLIP_CODE = "code PRIME-RL/Entropy-Mechanism-of-RL verl/trainer/ppo/core_algos.py::compute_policy_loss_clip_cov"
+_KL_CODE = "code PRIME-RL/Entropy-Mechanism-of-RL verl/trainer/ppo/core_algos.py::compute_policy_loss_kl_cov"
+#: default of clip_cov's clip range: the policy loss's (``batch.clip_low`` / ``batch.clip_high``), else 0.2
+_FROM_BATCH = "from_batch"
 
 
 def _centred_cov(adv: torch.Tensor, logps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -182,3 +197,103 @@ def kl_cov_loss(
     """
     sel = kl_cov_mask(advantages, logps, mask, k_percent=k_percent)
     return kl_cov_penalty(logps, old_logps, sel, kl_coef=kl_coef)
+
+
+# ----------------------------------------------------------------------------------------- Clip-Cov strategy
+_ClipBound = Optional[Union[Annotated[FiniteFloat, Field(ge=0.0)], Literal["from_batch"]]]
+
+
+class ClipCovConfig(TokenStrategyConfig):
+    """Arguments of the ``clip_cov`` token strategy (:func:`clip_cov_mask`)."""
+
+    clip_ratio: FiniteFloat = Field(2e-4, ge=0.0, le=1.0, description=(
+        f"r: fraction of the valid tokens detached, at least one ({_PAPER}, Clip-Cov; {_CLIP_CODE}, "
+        "clip_cov_ratio default 2e-4)."))
+    cov_lb: FiniteFloat = Field(1.0, description=(
+        f"Lower bound (strict) of the covariance band of candidate tokens ({_PAPER}, Clip-Cov; "
+        f"{_CLIP_CODE}, clip_cov_lb default 1.0)."))
+    cov_ub: FiniteFloat = Field(5.0, description=(
+        f"Upper bound (strict) of the covariance band of candidate tokens ({_PAPER}, Clip-Cov; "
+        f"{_CLIP_CODE}, clip_cov_ub default 5.0). Must exceed cov_lb."))
+    clip_low: _ClipBound = Field(_FROM_BATCH, description=(
+        "Lower PPO clip epsilon that decides which tokens are already clipped (not candidates): 'from_batch' "
+        "(default) = the policy loss's own, else 0.2; null = no clamp on that side "
+        f"({_PAPER}, Clip-Cov; {_CLIP_CODE})."))
+    clip_high: _ClipBound = Field(_FROM_BATCH, description=(
+        "Upper PPO clip epsilon that decides which tokens are already clipped: 'from_batch' (default) = the "
+        f"policy loss's own, else 0.2; null = no clamp on that side ({_PAPER}, Clip-Cov; {_CLIP_CODE}; "
+        "the official 7B/32B scripts use 1 on both sides)."))
+
+    @field_validator("clip_low", "clip_high", mode="before")
+    @classmethod
+    def _bound(cls, value):
+        if value is None or value == _FROM_BATCH:
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if isinstance(value, bool) or not (number >= 0.0 and number != float("inf")):
+            raise ValueError(f"must be a finite number >= 0, null (no clamp) or '{_FROM_BATCH}'")
+        return value
+
+    @model_validator(mode="after")
+    def _band(self) -> "ClipCovConfig":
+        if self.cov_lb >= self.cov_ub:
+            raise ValueError(f"cov_lb ({self.cov_lb}) must be < cov_ub ({self.cov_ub}): the band would hold no token")
+        return self
+
+
+@token_strategy("clip_cov", needs={"logps", "old_logps"}, config=ClipCovConfig,
+                cite=f"Clip-Cov, {_PAPER}; {_CLIP_CODE}")
+def clip_cov(batch: TokenBatch, *, clip_ratio: float = 2e-4, cov_lb: float = 1.0, cov_ub: float = 5.0,
+             clip_low=_FROM_BATCH, clip_high=_FROM_BATCH):
+    """Clip-Cov (arXiv 2505.22617). The clip range defaults to the policy loss's (``batch.clip_low/high``),
+    falling back to 0.2; an explicit ``null`` means no clamp on that side."""
+    if clip_low == _FROM_BATCH:
+        clip_low = batch.clip_low if batch.clip_low is not None else 0.2
+    if clip_high == _FROM_BATCH:
+        clip_high = batch.clip_high if batch.clip_high is not None else 0.2
+    return clip_cov_mask(batch.advantages, batch.logps, batch.old_logps, batch.mask, clip_ratio=clip_ratio,
+                         cov_lb=cov_lb, cov_ub=cov_ub, clip_low=clip_low, clip_high=clip_high,
+                         generator=batch.generator)
+
+
+#: The protocol ``Strategy`` class of kind "token" registered as ``clip_cov`` (hook ``token_weights``).
+ClipCov = clip_cov.strategy_class
+
+
+# ------------------------------------------------------------------------------------------- KL-Cov strategy
+class KlCovConfig(TokenStrategyConfig):
+    """Arguments of the ``kl_cov`` token strategy (:func:`kl_cov_mask` + :func:`kl_cov_penalty`)."""
+
+    k_percent: FiniteFloat = Field(0.2, ge=0.0, le=100.0, description=(
+        f"k: percentage (not fraction) of the valid tokens, largest Cov first, that get the KL penalty ({_PAPER}, "
+        f"KL-Cov; {_KL_CODE}; 0.2 in the 7B scripts, 0.02 in the 32B ones)."))
+    kl_coef: FiniteFloat = Field(1.0, ge=0.0, description=(
+        f"beta: coefficient of the penalty beta |log r| on the selected tokens ({_PAPER}, KL-Cov; {_KL_CODE}, "
+        "ppo_kl_coef default 1)."))
+
+
+def _kl_cov_warnings(config: KlCovConfig, env) -> list:
+    if config.k_percent == 0.0 or config.kl_coef == 0.0:
+        key = "k_percent" if config.k_percent == 0.0 else "kl_coef"
+        return [f"{key} 0 adds no penalty, yet kl_cov still turns ratio clipping off"]
+    return []
+
+
+@token_strategy("kl_cov", needs={"logps", "old_logps"}, kind="loss_term", disables_clipping=True,
+                config=KlCovConfig, cite=f"KL-Cov, {_PAPER}; {_KL_CODE}", warnings=_kl_cov_warnings)
+def kl_cov(batch: TokenBatch, *, k_percent: float = 0.2, kl_coef: float = 1.0):
+    """KL-Cov (arXiv 2505.22617): extra per-token loss ``kl_coef |log r|`` on the top-k Cov tokens."""
+    sel = kl_cov_mask(batch.advantages, batch.logps, batch.mask, k_percent=k_percent)
+    pen = kl_cov_penalty(batch.logps, batch.old_logps, sel, kl_coef=kl_coef)
+    valid = batch.mask.bool()
+    n = max(int(valid.sum()), 1)
+    with torch.no_grad():
+        diag = {"selected_frac": float(sel[valid].sum()) / n, "penalty_mean": float(pen.detach()[valid].sum()) / n}
+    return pen, diag
+
+
+#: The protocol ``Strategy`` class of kind "token" registered as ``kl_cov`` (hook ``token_loss``).
+KlCov = kl_cov.strategy_class

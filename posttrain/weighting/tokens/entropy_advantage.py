@@ -1,9 +1,18 @@
-"""Entropy-based advantage shaping of Cheng et al., "Reasoning with Exploration: An Entropy Perspective"."""
+"""Entropy-based advantage shaping of Cheng et al., "Reasoning with Exploration: An Entropy Perspective".
+
+arXiv 2506.14758, Section 3.2 Eq. 5-6 (no official code was read). Pure function :func:`entropy_advantage`, the
+config :class:`EntropyAdvantageConfig` and the token strategy ``entropy_advantage`` (an advantage; protocol class
+:class:`EntropyAdvantage`).
+"""
 from __future__ import annotations
 
 import torch
+from pydantic import Field, FiniteFloat
 
 from ._common import broadcast_advantages, check_finite, check_range, check_same_shape, clean, valid_of, work_dtype
+from .registry import TokenBatch, TokenStrategyConfig, token_strategy
+
+_PAPER = "Cheng et al., Reasoning with Exploration: An Entropy Perspective, arXiv 2506.14758"
 
 
 def entropy_advantage(
@@ -18,7 +27,7 @@ def entropy_advantage(
 
     Paper: Cheng et al., "Reasoning with Exploration: An Entropy Perspective", arXiv 2506.14758 (AAAI 2026),
     Section 3.2 Eq. 5 (``psi(H) = min(alpha H^detach, |A| / kappa)``, alpha > 0, kappa > 1) and Eq. 6
-    (``A_shaped = A + psi``), spec ``methods.md`` A5a. Verified from the paper's full text (v3), including the
+    (``A_shaped = A + psi``). Verified from the paper's full text (v3), including the
     one-line placement ``adv += torch.min(alpha * entropy.detach(), adv.abs() / kappa)`` after the (group-
     normalised) advantages and before the policy loss. [unverified]: no official code was read, so the exact
     veRL call site and dtype handling are not confirmed; we follow the paper's formula literally.
@@ -54,3 +63,31 @@ def entropy_advantage(
         big = torch.finfo(dt).max  # A + |A|/kappa can overflow only for |A| near the dtype's max: saturate
         shaped = shaped.clamp(min=-big, max=big)
         return torch.where(valid, shaped, torch.zeros((), dtype=dt, device=shaped.device))
+
+
+class EntropyAdvantageConfig(TokenStrategyConfig):
+    """Arguments of the ``entropy_advantage`` token strategy (:func:`entropy_advantage`)."""
+
+    alpha: FiniteFloat = Field(0.4, ge=0.0, description=(
+        f"alpha: scale of the entropy term psi = min(alpha H, |A| / kappa) ({_PAPER}, Eq. 5; 0.4 for GRPO, 0.1 "
+        "for PPO in the paper)."))
+    kappa: FiniteFloat = Field(2.0, gt=1.0, description=(
+        f"kappa > 1: the term is capped at |A| / kappa, so a negative advantage never changes sign ({_PAPER}, "
+        "Eq. 5; 2 in all the paper's experiments)."))
+
+
+def _entropy_advantage_warnings(config: EntropyAdvantageConfig, env) -> list:
+    if config.alpha == 0.0:
+        return ["alpha 0 adds nothing to the advantages: the strategy does nothing"]
+    return []
+
+
+@token_strategy("entropy_advantage", needs={"entropies"}, kind="advantage", config=EntropyAdvantageConfig,
+                cite=f"{_PAPER}, Eq. 5-6", warnings=_entropy_advantage_warnings)
+def entropy_advantage_shaping(batch: TokenBatch, *, alpha: float = 0.4, kappa: float = 2.0):
+    """Entropy-shaped advantages (arXiv 2506.14758 Eq. 5-6), current-policy entropies."""
+    return entropy_advantage(batch.advantages, batch.entropies, batch.mask, alpha=alpha, kappa=kappa)
+
+
+#: The protocol ``Strategy`` class of kind "token" registered as ``entropy_advantage`` (hook ``token_advantages``).
+EntropyAdvantage = entropy_advantage_shaping.strategy_class

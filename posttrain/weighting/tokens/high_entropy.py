@@ -1,9 +1,22 @@
-"""High-entropy ("forking") token mask of "Beyond the 80/20 Rule" (arXiv 2506.01939), TRL semantics."""
+"""High-entropy ("forking") token mask of "Beyond the 80/20 Rule" (arXiv 2506.01939), TRL semantics.
+
+No official code was found; we follow TRL 1.16 ``trl/trainer/grpo_trainer.py::GRPOTrainer.get_high_entropy_mask``.
+Pure functions :func:`high_entropy_mask` / :func:`high_entropy_threshold`, the config :class:`HighEntropyConfig`
+and the token strategy ``high_entropy`` (a weight; protocol class :class:`HighEntropy`).
+"""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field, FiniteFloat
 
 from ._common import check_finite, check_range, check_same_shape, quantile_linear, valid_of
+from .registry import TokenBatch, TokenStrategyConfig, token_strategy
+
+_PAPER = "Beyond the 80/20 Rule, arXiv 2506.01939"
+_TRL = "TRL 1.16 trl/trainer/grpo_trainer.py::GRPOTrainer.get_high_entropy_mask"
+_ENTROPY_SOURCES = ("current", "old")
 
 
 def high_entropy_threshold(entropies: torch.Tensor, mask: torch.Tensor, *, top_fraction: float = 0.2):
@@ -26,7 +39,7 @@ def high_entropy_mask(entropies: torch.Tensor, mask: torch.Tensor, *, top_fracti
 
     Paper: Wang et al., "Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective RL for LLM
     Reasoning", arXiv 2506.01939 (NeurIPS 2025), objective with the gate ``1[H_{i,t} >= tau_rho^B]``
-    (``methods.md`` A2; no official code was found). We follow **TRL 1.16**
+    (no official code was found). We follow **TRL 1.16**
     ``GRPOTrainer.get_high_entropy_mask`` (``trl/trainer/grpo_trainer.py``, called with ``1 - top_entropy_quantile``)
     line for line, minus its cross-process gather:
 
@@ -58,3 +71,39 @@ def high_entropy_mask(entropies: torch.Tensor, mask: torch.Tensor, *, top_fracti
         h = entropies.detach()
         keep = (h * mask.float() >= tau) & valid  # TRL: entropies * mask.float() >= threshold
         return keep.float()
+
+
+class HighEntropyConfig(TokenStrategyConfig):
+    """Arguments of the ``high_entropy`` token strategy (:func:`high_entropy_mask`)."""
+
+    top_fraction: FiniteFloat = Field(0.2, ge=0.0, le=1.0, description=(
+        f"rho: the fraction of highest-entropy valid tokens that keep their gradient ({_PAPER}, the gate "
+        f"1[H >= tau_rho]; rho = 0.2 in the paper); TRL's top_entropy_quantile is 1 - rho ({_TRL})."))
+    entropy_source: Literal["current", "old"] = Field("current", description=(
+        f"Entropies that rank the tokens: 'current' (the update-time forward, as {_TRL}) or 'old' (pi_old, the "
+        f"rollout policy); the paper does not say which ({_PAPER})."))
+
+
+def _high_entropy_needs(args) -> frozenset:
+    src = args.get("entropy_source", "current")
+    return frozenset({"old_entropies" if src == "old" else "entropies"})
+
+
+def _high_entropy_warnings(config: HighEntropyConfig, env) -> list:
+    if config.top_fraction == 1.0:
+        return ["top_fraction 1 keeps every valid token: the mask does nothing"]
+    return []
+
+
+@token_strategy("high_entropy", needs={"entropies"}, needs_fn=_high_entropy_needs, config=HighEntropyConfig,
+                cite=f"{_PAPER}; {_TRL}", warnings=_high_entropy_warnings)
+def high_entropy(batch: TokenBatch, *, top_fraction: float = 0.2, entropy_source: str = "current"):
+    """80/20 mask (arXiv 2506.01939, TRL semantics). ``entropy_source``: "current" (TRL, default) or "old"."""
+    if entropy_source not in _ENTROPY_SOURCES:
+        raise ValueError(f"entropy_source must be one of {_ENTROPY_SOURCES}, got {entropy_source!r}")
+    h = batch.entropies if entropy_source == "current" else batch.old_entropies
+    return high_entropy_mask(h, batch.mask, top_fraction=top_fraction)
+
+
+#: The protocol ``Strategy`` class of kind "token" registered as ``high_entropy`` (hook ``token_weights``).
+HighEntropy = high_entropy.strategy_class

@@ -1,13 +1,22 @@
-"""STEER token weights (arXiv 2510.10150)."""
+"""STEER token weights: "STEER: Stabilizing Token-level Entropy-changE via Reweighting", arXiv 2510.10150.
+
+Official code: ``zz-haooo/STEER`` @ b31df71, ``verl/trainer/ppo/core_algos.py::compute_token_weights`` (around
+l.579); defaults from ``run_linear.sh`` / ``run_exp.sh``. Pure function :func:`steer_weights`, its config
+:class:`SteerConfig` and the token strategy ``steer`` (a weight; protocol class :class:`Steer`).
+"""
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+from pydantic import Field, FiniteFloat, model_validator
 
 from ._common import broadcast_advantages, check_finite, check_range, check_same_shape, clean, valid_of, work_dtype
+from .registry import TokenBatch, TokenStrategyConfig, token_strategy
 
 _MODES = ("linear", "exponential")
+_CODE = "code zz-haooo/STEER verl/trainer/ppo/core_algos.py::compute_token_weights"
 
 
 def steer_weights(
@@ -25,7 +34,7 @@ def steer_weights(
 
     Paper: "STEER: Stabilizing Token-level Entropy-changE via Reweighting", arXiv 2510.10150.
     Implements the official code ``zz-haooo/STEER`` @ b31df71, ``verl/trainer/ppo/core_algos.py::
-    compute_token_weights`` (around l.579), spec ``methods.md`` A1:
+    compute_token_weights`` (around l.579):
 
     1. ``p = clamp(exp(logps), 1e-8, 1 - 1e-8)`` (current policy; value only, no gradient).
     2. ``p_old = clamp(exp(old_logps), 1e-8, 1)``.
@@ -100,3 +109,47 @@ def steer_weights(
             w = torch.exp(-k * metric).clamp(min=w_min, max=1.0)
         out[valid] = w
     return out.float()
+
+
+class SteerConfig(TokenStrategyConfig):
+    """Arguments of the ``steer`` token strategy (:func:`steer_weights`)."""
+
+    w_min: FiniteFloat = Field(0.8, ge=0.0, description=(
+        "Smallest token weight, given to the token whose update changes the entropy most (STEER, arXiv "
+        f"2510.10150; {_CODE}, run_linear.sh: 0.8). Linear: 0 <= w_min <= w_max; exponential: 0 < w_min <= 1."))
+    w_max: FiniteFloat = Field(1.2, description=(
+        "Largest token weight in linear mode, given to the token whose update changes the entropy least (STEER, "
+        f"arXiv 2510.10150; {_CODE}, run_linear.sh: 1.2); ignored in exponential mode, whose weights lie in "
+        "[w_min, 1], as in the official code."))
+    mode: Literal["linear", "exponential"] = Field("linear", description=(
+        "Map from |Omega| (the estimated entropy change) to the weight: 'linear' (official linear=True, min-max "
+        "over the batch) or 'exponential' (exp(-k |Omega|), k = -ln(w_min) / max(max |Omega|, 0.02)) (STEER, "
+        f"arXiv 2510.10150; {_CODE})."))
+
+    @model_validator(mode="after")
+    def _range(self) -> "SteerConfig":
+        if self.mode == "linear" and self.w_max < self.w_min:
+            raise ValueError(f"w_max must be >= w_min ({self.w_min}) in mode 'linear', got {self.w_max}")
+        if self.mode == "exponential" and not 0.0 < self.w_min <= 1.0:
+            raise ValueError(f"w_min must be in (0, 1] in mode 'exponential', got {self.w_min}")
+        return self
+
+
+def _steer_warnings(config: SteerConfig, env) -> list:
+    if config.mode == "exponential" and config.w_min == 1.0:
+        return ["w_min 1 in mode 'exponential' gives every token weight 1: the strategy does nothing"]
+    if config.mode == "linear" and config.w_min == config.w_max == 1.0:
+        return ["w_min = w_max = 1 gives every token weight 1: the strategy does nothing"]
+    return []
+
+
+@token_strategy("steer", needs={"logps", "old_logps", "old_entropies"}, config=SteerConfig,
+                cite=f"STEER, arXiv 2510.10150; {_CODE}", warnings=_steer_warnings)
+def steer(batch: TokenBatch, *, w_min: float = 0.8, w_max: float = 1.2, mode: str = "linear"):
+    """STEER (arXiv 2510.10150) token weights with pi_old entropies, as the official code."""
+    return steer_weights(batch.advantages, batch.old_entropies, batch.old_logps, batch.logps, batch.mask,
+                         w_min=w_min, w_max=w_max, mode=mode)
+
+
+#: The protocol ``Strategy`` class of kind "token" registered as ``steer`` (hook ``token_weights``).
+Steer = steer.strategy_class

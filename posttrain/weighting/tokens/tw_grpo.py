@@ -1,7 +1,9 @@
 """TW-GRPO token weights of "Reinforcing Video Reasoning with Focused Thinking" (arXiv 2505.24718).
 
 Official code: ``longmalongma/TW-GRPO`` @ aa529ff, ``src/open_r1/trainer/grpo_trainer.py::
-compute_token_importance_kl_logs_uniform`` (l.640), used in ``compute_loss`` (l.602-609); spec ``methods.md`` A4.
+compute_token_importance_kl_logs_uniform`` (l.640), used in ``compute_loss`` (l.602-609). Pure functions
+:func:`tw_grpo_weights` / :func:`tw_grpo_weights_chunked`, the config :class:`TwGrpoConfig` and the token strategy
+``tw_grpo`` (a weight; protocol class :class:`TwGrpo`).
 """
 from __future__ import annotations
 
@@ -9,8 +11,13 @@ import math
 import warnings
 
 import torch
+from pydantic import Field, FiniteFloat
 
 from ._common import check_finite, check_range, valid_of
+from .registry import TokenBatch, TokenStrategyConfig, token_strategy
+
+_PAPER = "TW-GRPO, Reinforcing Video Reasoning with Focused Thinking, arXiv 2505.24718"
+_CODE = "code longmalongma/TW-GRPO src/open_r1/trainer/grpo_trainer.py::compute_token_importance_kl_logs_uniform"
 
 _CLAMP = 11.0
 _EPS = 1e-8
@@ -150,3 +157,35 @@ def tw_grpo_weights_chunked(
                 logp = torch.log_softmax((h @ W.T).to(dt) / temperature, dim=-1)
                 K[g, t0 : t0 + chunk_size] = _group_divergence(logp, valid[rows, t0 : t0 + chunk_size])
         return _weights_from_divergence(K, mask, group_size, alpha)
+
+
+class TwGrpoConfig(TokenStrategyConfig):
+    """Arguments of the ``tw_grpo`` token strategy (:func:`tw_grpo_weights` / :func:`tw_grpo_weights_chunked`)."""
+
+    alpha: FiniteFloat = Field(1.7, gt=0.0, description=(
+        "Largest token weight: w = 1 + (alpha - 1) * minmax(K_t), K_t the group's divergence from its "
+        f"geometric-mean distribution at position t ({_PAPER}; {_CODE}; 1.7 in the released tw-grpo.sh, the "
+        "trainer's own default is 1.4)."))
+    chunk_size: int = Field(64, ge=1, description=(
+        "Positions per chunk when the full-vocabulary log-probs are built from hidden states and the LM head "
+        "(memory only: G x chunk_size x V floats at a time; the weights do not depend on it; not in the paper)."))
+
+
+def _tw_grpo_warnings(config: TwGrpoConfig, env) -> list:
+    if config.alpha == 1.0:
+        return ["alpha 1 gives every token weight 1: the strategy does nothing"]
+    return []
+
+
+@token_strategy("tw_grpo", needs={"full_logprobs", "group_size"}, config=TwGrpoConfig,
+                cite=f"{_PAPER}; {_CODE}", warnings=_tw_grpo_warnings)
+def tw_grpo(batch: TokenBatch, *, alpha: float = 1.7, chunk_size: int = 64):
+    """TW-GRPO (arXiv 2505.24718): chunked from ``hidden`` + ``lm_head_weight`` if given, else ``full_logprobs_fn``."""
+    if batch.hidden is not None and batch.lm_head_weight is not None:
+        return tw_grpo_weights_chunked(batch.hidden, batch.lm_head_weight, batch.mask, batch.group_size,
+                                       alpha=alpha, chunk_size=chunk_size, temperature=batch.temperature)
+    return tw_grpo_weights(batch.full_logprobs_fn(), batch.mask, batch.group_size, alpha=alpha)
+
+
+#: The protocol ``Strategy`` class of kind "token" registered as ``tw_grpo`` (hook ``token_weights``).
+TwGrpo = tw_grpo.strategy_class
