@@ -114,11 +114,6 @@ def test_refill_generator_state_round_trips(tiny, tmp_path):
 def test_bad_dynamic_sampling_settings_are_user_errors(tiny, tmp_path):
     with pytest.raises(UserError, match="metric: 'acc' is neither 'reward' nor a reward name"):
         _trainer(tiny, tmp_path, constant, {"metric": "acc"})
-    with pytest.raises(UserError, match="must be a multiple of num_generations"):
-        _trainer(tiny, tmp_path, constant, {"max_rounds": 2}, per_device_train_batch_size=6, num_generations=3,
-                 steps_per_generation=1, generation_batch_size=None) if False else \
-            _trainer(tiny, tmp_path, constant, {"max_rounds": 2}, per_device_train_batch_size=2, num_generations=4,
-                     steps_per_generation=1)
 
 
 def test_all_zero_advantages_skip_the_policy_pass_with_the_same_gradient(tiny, tmp_path):
@@ -131,13 +126,12 @@ def test_all_zero_advantages_skip_the_policy_pass_with_the_same_gradient(tiny, t
     tr._get_per_token_logps_and_entropies = lambda *a, **k: calls.append(1) or orig(*a, **k)
     tr.current_gradient_accumulation_steps = 1
     loss = tr._compute_loss(tr.model, out)
-    assert calls == [] and float(loss) == 0.0  # no policy forward
+    assert calls == [] and float(loss.detach()) == 0.0  # no policy forward
     loss.backward()
     assert all(p.grad is None or float(p.grad.abs().max()) == 0.0 for p in tr.model.parameters())
     assert tr._metrics["train"]["zero_advantage/skipped_fraction"] == [1.0]
     # the full computation gives the same (zero) gradient
     tr.model.zero_grad()
-    full = PosttrainGRPOTrainer.__mro__[-1]  # noqa: F841 - TRL's GRPOTrainer is last but object
     from trl import GRPOTrainer
 
     GRPOTrainer._compute_loss(tr, tr.model, out).backward()

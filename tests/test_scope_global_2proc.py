@@ -44,7 +44,7 @@ def _worker(rank, port, out_dir):
 
     acc = Accelerator(cpu=True)
     assert acc.num_processes == 2
-    fake = types.SimpleNamespace(accelerator=acc, _token_specs=SPECS, _scope="global")
+    fake = types.SimpleNamespace(accelerator=acc, _token_strategies=SPECS, _scope="global")
     res = PosttrainGRPOTrainer._apply_token_strategies(fake, _local(_full_batch(), rank))
     torch.save({"weights": res.weights, "advantages": res.advantages}, os.path.join(out_dir, f"rank{rank}.pt"))
     acc.wait_for_everyone()

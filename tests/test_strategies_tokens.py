@@ -153,7 +153,7 @@ def test_instance_needs_follow_the_arguments():
     ({"name": "steer", "w_min": 0.0, "mode": "exponential"}, "steer: w_min must be in (0, 1] in mode 'exponential'"),
     ({"name": "steer", "w_min": -0.1}, "steer: w_min: Input should be greater than or equal to 0"),
     ({"name": "steer", "w_max": float("inf")}, "steer: w_max: Input should be a finite number"),
-    ({"name": "steer", "w_mn": 0.5}, "steer: w_mn: unknown argument"),
+    ({"name": "steer", "w_mn": 0.5}, "steer: unknown argument 'w_mn'; accepted: w_min, w_max, mode"),
     ({"name": "high_entropy", "top_fraction": 1.5}, "high_entropy: top_fraction: Input should be less than or equal to 1"),
     ({"name": "high_entropy", "entropy_source": "older"}, "high_entropy: entropy_source must be one of"),
     ({"name": "clip_cov", "clip_ratio": 2.0}, "clip_cov: clip_ratio: Input should be less than or equal to 1"),
@@ -317,7 +317,8 @@ def test_user_plain_function_by_import_path():
 
 
 @pytest.mark.parametrize("name, fragment", [
-    ("PairOnly", "implements none of the hooks of its kind (token_advantages, token_weights, token_loss)"),
+    ("PairOnly", "implements pair_weights, which the trainer never calls on a token strategy (its hooks: "
+                 "token_advantages, token_weights, token_loss)"),
     ("NoHook", "implements none of the hooks of its kind"),
     ("NotAStrategy", "must subclass posttrain.weighting.protocol.Strategy"),
 ])

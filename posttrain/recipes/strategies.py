@@ -8,6 +8,7 @@ make a method do nothing in this run) are returned for the caller to print.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, List, Sequence
 
 from posttrain.registry import RegistryError
@@ -47,13 +48,16 @@ def check_strategies(recipe, reward_names: Sequence[str], fail: Callable[[str, A
             continue
         try:
             built.append(protocol.build_strategy(kind, spec, env))
-        except (RegistryError, ValueError, TypeError) as exc:
+        except RegistryError as exc:
+            fail(f"{path}.name", exc)
+        except (ValueError, TypeError) as exc:
             fail(path, exc)
     for path, kind, specs in lists:
         if not specs:
             continue
         try:
-            strategies = protocol.build_strategies(kind, list(specs), env)
+            dicts = [spec.model_dump() if hasattr(spec, "model_dump") else spec for spec in specs]
+            strategies = _BUILDERS.get(kind, partial(protocol.build_strategies, kind))(dicts, env)
         except (RegistryError, ValueError, TypeError) as exc:
             raise_prefixed(fail, path, exc)
         dry_run = _DRY_RUNS.get(kind)
@@ -69,7 +73,7 @@ def check_strategies(recipe, reward_names: Sequence[str], fail: Callable[[str, A
 def raise_prefixed(fail, path: str, exc: Exception) -> None:
     full = _prefixed(path, exc)
     key, _, msg = full.partition(": ")
-    fail(key, msg)
+    fail(f"{key}.name" if isinstance(exc, RegistryError) and key != path else key, msg)
 
 
 def _dry_run_tokens(strategies) -> None:
@@ -84,4 +88,11 @@ def _dry_run_pairs(strategies) -> None:
     dry_run_pair_strategies(strategies)
 
 
+def _build_tokens(specs, env):
+    from posttrain.weighting.tokens import build_token_strategies  # a plain function by import path, too
+
+    return build_token_strategies(specs, env)
+
+
 _DRY_RUNS = {"token": _dry_run_tokens, "pair": _dry_run_pairs}
+_BUILDERS = {"token": _build_tokens}

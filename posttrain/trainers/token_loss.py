@@ -14,8 +14,8 @@ from posttrain.errors import RunStopped, StrategyFailed, UserError
 from posttrain.losses import policy_loss
 from posttrain.losses.policy import trl_scaled_loss
 from posttrain.trainers import grpo_services as services
-from posttrain.weighting.tokens import (TokenBatch, apply_token_strategies, parse_token_specs, required_inputs,
-                                        token_weight_stats)
+from posttrain.weighting.tokens import (TokenBatch, apply_token_strategies, build_token_strategies, required_inputs,
+                                        token_kinds, token_weight_stats)
 
 # TRL loss_type -> our aggregation (TRL's normalisers for gradient accumulation: trl_scaled_loss)
 AGGREGATION = {"grpo": "seq_mean_token_mean", "bnpo": "token_mean", "dr_grpo": "dr_grpo", "dapo": "token_mean"}
@@ -25,14 +25,15 @@ class TokenLossMixin:
     """Token strategies in the GRPO trainer's ``_compute_loss``; mixed in before ``CheckpointStateMixin``."""
 
     def _setup_token_strategies(self, weighting) -> None:
-        self._token_strategies = [s.model_dump() for s in weighting.tokens] if weighting is not None else []
-        try:
-            parse_token_specs(self._token_strategies)  # unknown names / arguments: one line, before TRL's set-up
+        specs = [s.model_dump() for s in weighting.tokens] if weighting is not None else []
+        try:  # unknown names / arguments: one line, before TRL's set-up
+            self._token_strategies = build_token_strategies(specs)
         except (KeyError, ValueError, TypeError) as exc:
-            raise UserError(f"weighting.tokens: {exc}") from None
+            raise UserError(f"weighting.tokens.{exc}") from None
         self._token_needs = required_inputs(self._token_strategies)
+        self._token_kinds = {k for s in self._token_strategies for k in token_kinds(s)}
         # a strategy that shapes advantages or adds a loss term can give a gradient where every advantage is 0
-        self._token_shapes_loss = any(s.kind != "weight" for s, _ in parse_token_specs(self._token_strategies))
+        self._token_shapes_loss = bool(self._token_kinds - {"weight"})
         self._scope = weighting.scope if weighting is not None else "micro"
         self._normalize = weighting.normalize if weighting is not None else "count"
 
@@ -55,7 +56,7 @@ class TokenLossMixin:
             problems.append("vLLM importance-sampling correction")
         if self.aux_loss_enabled:
             problems.append("router aux loss (MoE)")
-        if self._scope == "global" and any(s.kind == "loss_term" for s, _ in parse_token_specs(self._token_strategies)):
+        if self._scope == "global" and "loss_term" in self._token_kinds:
             problems.append("scope 'global' with a loss-term strategy such as kl_cov (use scope micro or local)")
         if self._scope == "local" and self.args.steps_per_generation != 1:
             problems.append("scope 'local' with train.steps_per_generation > 1 (the micro-batch is then only part "
