@@ -54,6 +54,14 @@ def reward_matrix(rewards, group_size: Optional[int], name: str = "rewards") -> 
     return r.reshape(-1, g), tuple(r.shape)
 
 
+def shift_groups(R: torch.Tensor) -> torch.Tensor:
+    """``R - max_g R`` per row (NaN ignored; an all-NaN row is left NaN): shift-invariant estimators then give
+    exactly 0 for a constant group (``R - mean`` of unshifted values keeps the mean's rounding, e.g. 1e-16)."""
+    ok = ~torch.isnan(R)
+    top = torch.where(ok, R, torch.full_like(R, -math.inf)).max(dim=1, keepdim=True).values if R.shape[0] else R[:, :1]
+    return R - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+
+
 def sequence_rewards(rewards, name: str = "rewards") -> torch.Tensor:
     """Flatten ``[N]`` or ``[P, G]`` rewards to ``[N]`` (float); +-inf raises, NaN is kept (missing)."""
     r = float_tensor(name, rewards)

@@ -54,7 +54,11 @@ def grpo_advantages(rewards: torch.Tensor, group_size: Optional[int] = None, *, 
     Edge cases:
         * group size 1 (or one scorable row): the group std is undefined, the advantage is **0** (TRL). verl's
           loop instead uses mean 0, std 1, i.e. ``A = r / (1 + eps)``.
-        * all-equal rewards in a group: ``A = 0`` exactly.
+        * all-equal rewards in a group: ``A ~ 0``: TRL's numerics keep the rounding of the group mean, e.g.
+          ``1.1e-12`` for (0.7, 0.7, 0.7) (``1e-16 / (0 + eps)``), kept for bit-exact TRL parity.
+        * TRL's ``nanstd`` computes its Bessel factor ``count / (count - 1)`` as an int / int division, i.e. in
+          float32 (relative error ~3e-8), and so does this function without ``all_reduce``; with ``all_reduce`` the
+          ``"batch"`` statistics are exact float64 sums (see :func:`._common.masked_mean_var`).
         * +-inf reward: ``ValueError``.
     """
     check_choice("scale", scale, SCALES)

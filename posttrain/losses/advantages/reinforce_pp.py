@@ -22,8 +22,8 @@ from typing import Optional
 
 import torch
 
-from ._common import (AllReduce, check_choice, check_scalar, reward_matrix, sequence_rewards, token_kl, token_mask,
-                      whiten)
+from ._common import (AllReduce, check_choice, check_scalar, reward_matrix, sequence_rewards, shift_groups, token_kl,
+                      token_mask, whiten)
 
 __all__ = ["STATS", "reinforce_pp_advantages", "reinforce_pp_baseline_advantages", "kl_penalized_rewards"]
 
@@ -188,8 +188,9 @@ def reinforce_pp_baseline_advantages(
         R = R - float(beta) * kl.sum(dim=1).view(-1, g)
     ok = ~torch.isnan(R)
     k = ok.sum(dim=1, keepdim=True)
-    mean = torch.nansum(R, dim=1, keepdim=True) / k.clamp(min=1).to(R.dtype)
-    centred = torch.where(k > 1, R - mean, R if singleton == "raw" else torch.zeros_like(R))
+    S = shift_groups(R)  # exact C = 0 for a constant group
+    mean = torch.nansum(S, dim=1, keepdim=True) / k.clamp(min=1).to(R.dtype)
+    centred = torch.where(k > 1, S - mean, R if singleton == "raw" else torch.zeros_like(R))
     c = torch.where(ok, centred, torch.zeros_like(centred)).reshape(-1)
     valid = valid & ok.reshape(-1, 1)
     x = c.unsqueeze(1).expand_as(valid)

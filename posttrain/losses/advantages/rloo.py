@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from ._common import check_choice, reward_matrix
+from ._common import check_choice, reward_matrix, shift_groups
 
 __all__ = ["SINGLETONS", "rloo_advantages"]
 
@@ -44,11 +44,12 @@ def rloo_advantages(rewards: torch.Tensor, group_size: Optional[int] = None, *,
     G = 1 (not reproduced).
     """
     check_choice("singleton", singleton, SINGLETONS)
-    R, shape = reward_matrix(rewards, group_size)
+    raw, shape = reward_matrix(rewards, group_size)
+    R = shift_groups(raw)  # the estimator is shift-invariant per group; exact 0 for a constant group
     ok = ~torch.isnan(R)
     k = ok.sum(dim=1, keepdim=True).to(R.dtype)  # scorable rows per prompt
     total = torch.nansum(R, dim=1, keepdim=True)
     has_siblings = k > 1
     baseline = (total - R) / torch.where(has_siblings, k - 1, torch.ones_like(k))
-    adv = torch.where(has_siblings, R - baseline, R if singleton == "raw" else torch.zeros_like(R))
+    adv = torch.where(has_siblings, R - baseline, raw if singleton == "raw" else torch.zeros_like(R))
     return torch.where(ok, adv, torch.zeros_like(adv)).reshape(shape)
