@@ -226,6 +226,27 @@ def test_reinforce_pp_baseline_nan_and_kl():
     close(kl_penalized_rewards(t([1.0, 1.0]), kl, torch.ones(2, 2), 0.5), [1.0, 0.0])
 
 
+def test_kl_penalized_rewards():
+    # (1, 2) - 0.5 * (0.2 + 0.4 | 1.0, [5 masked]) = (0.7, 1.5); NaN stays NaN; no KL with beta 0 = the rewards
+    kl, mask = t([[0.2, 0.4], [1.0, 5.0]]), torch.tensor([[1, 1], [1, 0]])
+    close(kl_penalized_rewards(t([1.0, 2.0]), kl, mask, 0.5), [0.7, 1.5])
+    assert torch.isnan(kl_penalized_rewards(t([NAN, 2.0]), kl, mask, 0.5)[0])
+    close(kl_penalized_rewards(t([[1.0, 2.0]]), None, mask, 0.0), [[1.0, 2.0]])
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        kl_penalized_rewards(t([1.0, 2.0]), kl, mask, -0.1)
+
+
+def test_matrix_and_flat_inputs_agree():
+    r = t([[1.0, 0.0, 2.0], [0.5, NAN, -1.0]])
+    m = _lengths_mask([1, 2, 3, 3, 2, 1], 3)
+    b = t([0.2, -0.3])
+    for fn in (grpo_advantages, rloo_advantages, lambda x, g=None: remax_advantages(x, b, g),
+               lambda x, g=None: reinforce_pp_baseline_advantages(x, g, m)):
+        a2, a1 = fn(r), fn(r.reshape(-1), 3)
+        torch.testing.assert_close(a2.reshape(a1.shape), a1, rtol=0, atol=0)
+    torch.testing.assert_close(reinforce_pp_advantages(r, m), reinforce_pp_advantages(r.reshape(-1), m))
+
+
 # ------------------------------------------------------------------------------------------- common input checks ---
 
 SEQ_FNS = {

@@ -68,7 +68,8 @@ def kl_penalized_rewards(rewards: torch.Tensor, kl_NT: torch.Tensor, mask_NT: to
     r = sequence_rewards(rewards)
     valid = token_mask(mask_NT, r.shape[0])
     kl = token_kl(kl_NT, valid, beta, r.dtype)
-    return (r - float(beta) * kl.sum(dim=1)).reshape(torch.as_tensor(rewards).shape)
+    out = r if kl is None else r - float(beta) * kl.sum(dim=1)
+    return out.reshape(torch.as_tensor(rewards).shape)
 
 
 def reinforce_pp_advantages(
