@@ -112,8 +112,9 @@ def reinforce_pp_advantages(
         * fewer than 2 valid tokens in the (global) batch, including a batch of one single-token sequence: the
           variance is taken as 0 and the output is 0 (each token equals the mean). verl's ``masked_var`` raises
           ``ValueError`` there; we return the finite limit so a degenerate batch never stops a run.
-        * a single sequence (several tokens) is fine: without KL every token has the same return, so ``A = 0``.
-        * all returns equal (e.g. all rewards equal, no KL): ``A = 0`` exactly.
+        * a single sequence (several tokens) is fine: without KL every token has the same return, so ``A ~ 0``.
+        * all returns equal (e.g. all rewards equal, no KL): ``A ~ 0``, finite: the global mean keeps its rounding
+          (about 1e-16), scaled by ``rsqrt(eps)`` to about 1e-12 (exact 0 would need one more all-reduce).
         * a mask with holes (multi-turn observation tokens): masked positions carry the return through
           undiscounted. verl at b178a3c resets the return at every masked position ("Reset after EOS"), which only
           differs for non-prefix masks.
