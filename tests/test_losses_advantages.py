@@ -690,3 +690,15 @@ def test_verl_masked_var_raises_where_we_return_zero():
     with pytest.raises(ValueError):
         verl_reinforce_pp(_scores_on_last_token(t([1.0]), one), one, 1.0)
     assert torch.equal(reinforce_pp_advantages(t([1.0]), one), torch.zeros(1, 2, dtype=F64))
+
+
+def test_float32_inputs_match_float64():
+    r, mask, kl, _, _ = _verl_batch(5, 6, 4, 9)
+    r = r + 1000.0  # a large common offset: the group estimators shift each group first, whitening is float64
+    for fn in (lambda x, k: grpo_advantages(x), lambda x, k: rloo_advantages(x),
+               lambda x, k: reinforce_pp_advantages(x, mask, kl_NT=k, beta=0.2),
+               lambda x, k: reinforce_pp_baseline_advantages(x, None, mask, kl_NT=k, beta=0.2)):
+        a64, a32 = fn(r, kl), fn(r.float(), kl.float())
+        assert a32.dtype == torch.float32
+        # float32 holds 1000 + r to ~6e-5, which bounds the difference (observed <= 1.2e-4, GRPO)
+        torch.testing.assert_close(a32.double(), a64, rtol=0, atol=5e-4)
