@@ -23,7 +23,9 @@ def strategy_env(recipe, reward_names: Sequence[str]) -> protocol.StrategyEnv:
         num_generations=int(train.get("num_generations", 8)),
         max_steps=int(max_steps) if isinstance(max_steps, int) and max_steps > 0 else None,
         has_eval_data=recipe.data.eval is not None, scale_rewards=str(train.get("scale_rewards", "group")),
-        world_size=1, trainable_parameters=None)
+        world_size=1, trainable_parameters=None,
+        generation_batch_size=int(train.get("per_device_train_batch_size", 8))
+        * int(train.get("steps_per_generation") or train.get("gradient_accumulation_steps", 1)))
 
 
 def _prefixed(path: str, exc: Exception) -> str:

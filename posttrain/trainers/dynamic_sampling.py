@@ -69,7 +69,7 @@ class DynamicSamplingMixin:
         return [row for row in rows for _ in range(self.num_generations)]
 
     def _sample_until_full(self, inputs: list):
-        """Returns ``(out, rewards_NK, local_texts)`` of the assembled batch (``out["advantages"]`` zeros)."""
+        """Returns ``(out, rewards_NK, local_texts, input_rows)`` of the assembled batch (advantages zeros)."""
         ds, g = self._dynamic_sampling, self.num_generations
         n_local = len(inputs)
         target = n_local // g
@@ -84,7 +84,7 @@ class DynamicSamplingMixin:
             keep = informative_groups(self._metric_values(rewards_NK)[rows].cpu(), g, rule=ds.get("rule", "std"),
                                       bounds=ds.get("bounds"))
             keep_rows = keep.repeat_interleave(g).to(out["completion_ids"].device)
-            part = (out, rewards_NK[rows], self._local_texts)
+            part = (out, rewards_NK[rows], self._local_texts, list(batch))
             kept.append(_select(part, keep_rows))
             spare.append(_select(part, ~keep_rows))
             n_kept += int(keep.sum())
@@ -93,7 +93,7 @@ class DynamicSamplingMixin:
             if fewest >= target or rounds >= int(ds.get("max_rounds", 3)):
                 break
             batch = self._refill_prompts(target)
-        out, rewards_local, texts = _concat(kept + spare, n_local, pad_id=self.processing_class.pad_token_id)
+        out, rewards_local, texts, rows_in = _concat(kept + spare, n_local, pad_id=self.processing_class.pad_token_id)
         mask = out["completion_mask"] if "tool_mask" not in out else out["completion_mask"] * out["tool_mask"]
         out["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
         out["advantages"] = torch.zeros(n_local, device=out["completion_ids"].device)
@@ -111,7 +111,7 @@ class DynamicSamplingMixin:
                                "%.0f%% informative at step %d (capped %d step(s) so far); the rest of the batch has "
                                "advantage 0", rounds, 100 * kept_fraction, self.state.global_step + 1,
                                self._capped_steps)
-        return out, self.accelerator.gather(rewards_local), texts
+        return out, self.accelerator.gather(rewards_local), texts, rows_in
 
     # ------------------------------------------------------------------ checkpoint state
     def posttrain_state(self):
@@ -128,10 +128,10 @@ class DynamicSamplingMixin:
 
 
 def _select(part, rows: torch.Tensor):
-    out, rewards, texts = part
+    out, rewards, texts, inputs = part
     picked = {k: out[k][rows] for k in _ROW_KEYS if isinstance(out.get(k), torch.Tensor)}
     idx = rows.nonzero().flatten().tolist()
-    return picked, rewards[rows.to(rewards.device)], [texts[i] for i in idx]
+    return picked, rewards[rows.to(rewards.device)], [texts[i] for i in idx], [inputs[i] for i in idx]
 
 
 def _concat(parts, n_rows: int, *, pad_id: int):
@@ -155,4 +155,5 @@ def _concat(parts, n_rows: int, *, pad_id: int):
         out[key] = torch.cat(tensors, dim=0)[:n_rows]
     rewards = torch.cat([p[1] for p in parts], dim=0)[:n_rows]
     texts = [t for p in parts for t in p[2]][:n_rows]
-    return out, rewards, texts
+    rows_in = [r for p in parts for r in p[3]][:n_rows]
+    return out, rewards, texts, rows_in

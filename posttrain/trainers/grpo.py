@@ -75,7 +75,7 @@ class PosttrainGRPOTrainer(DynamicSamplingMixin, TokenLossMixin, RewardFailureMi
         self._setup_dynamic_sampling(dynamic_sampling)
         self._check_token_weighting_supported()
         self._step_ctx = None
-        self._local_texts = []
+        self._local_texts, self._step_inputs = [], []
 
     # ------------------------------------------------------------------ set-up
     def _env(self) -> StrategyEnv:
@@ -85,7 +85,8 @@ class PosttrainGRPOTrainer(DynamicSamplingMixin, TokenLossMixin, RewardFailureMi
             num_generations=self.num_generations, max_steps=self.args.max_steps if self.args.max_steps > 0 else None,
             has_eval_data=self._objective_eval_dataset is not None and len(self._objective_eval_dataset) > 0,
             scale_rewards=self.scale_rewards, world_size=self.accelerator.num_processes,
-            trainable_parameters=tuple(n for n, p in model.named_parameters() if p.requires_grad))
+            trainable_parameters=tuple(n for n, p in model.named_parameters() if p.requires_grad),
+            generation_batch_size=self.args.per_device_train_batch_size * self.args.steps_per_generation)
 
     def _build_rollout_strategies(self, weighting, advantage) -> None:
         env = self._env()
@@ -195,9 +196,10 @@ class PosttrainGRPOTrainer(DynamicSamplingMixin, TokenLossMixin, RewardFailureMi
     def _generate_and_score_completions(self, inputs):
         recompute = self._dynamic_sampling is not None and self.model.training
         if recompute:  # rounds until the batch is informative; then the mix and the advantages of the whole batch
-            out, rewards_NK, self._local_texts = self._sample_until_full(inputs)
+            out, rewards_NK, self._local_texts, self._step_inputs = self._sample_until_full(inputs)
             self._step_ctx = self._mix(rewards_NK)
         else:
+            self._step_inputs = inputs
             out = self._trl_rollout(inputs)
         if self._step_ctx is not None:
             try:
@@ -213,6 +215,8 @@ class PosttrainGRPOTrainer(DynamicSamplingMixin, TokenLossMixin, RewardFailureMi
         local = ctx.local_rows
         ctx.completion_logps = partial(services.completion_logps, self, out)
         ctx.policy_gradients = partial(self._policy_gradients, out, local)
+        ctx.greedy_rewards = lambda: services.greedy_rewards(self, self._step_inputs, ctx.weights_K)
+        ctx.completion_lengths_N = self.accelerator.gather(out["completion_mask"].sum(dim=1))
         ctx.rewards_N = ctx.mix()
         reshaped = False
         for s in with_hook(self._rollout_strategies, "reshape_rewards"):

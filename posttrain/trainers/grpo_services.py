@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -88,13 +89,38 @@ def policy_gradients(trainer, out: dict, advantages_KN: torch.Tensor, params: Se
     return trainer.accelerator.reduce(torch.stack(rows), reduction="sum")
 
 
+def _score(trainer, prompts, texts, ids, columns) -> torch.Tensor:
+    """``[n, K]`` scores of completions by every reward function (NaN where a reward returned None or non-finite)."""
+    conversational = bool(prompts) and isinstance(prompts[0], list)
+    completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
+    out = torch.full((len(prompts), len(trainer.reward_funcs)), float("nan"), dtype=torch.float64)
+    for j, fn in enumerate(trainer.reward_funcs):
+        scores = fn(prompts=prompts, completions=completions, completion_ids=ids, trainer_state=trainer.state,
+                    log_extra=lambda *a, **kw: None, log_metric=lambda *a, **kw: None, **columns)
+        for i, v in enumerate(scores):
+            if v is not None and math.isfinite(float(v)):
+                out[i, j] = float(v)
+    return out
+
+
+def _greedy(trainer, prompts, max_new_tokens):
+    from posttrain.distributed import full_policy
+    from posttrain.evaluation import generate_greedy
+
+    # every rank enters full_policy (under ZeRO-3 it all-gathers the weights and lifts DeepSpeed's hooks), then
+    # generates its own share alone: shares may differ and greedy lengths differ, so no rank may wait for another
+    # inside generate
+    with full_policy(trainer) as model:
+        if not prompts:
+            return [], []
+        return generate_greedy(model, trainer.processing_class, prompts, max_new_tokens=int(max_new_tokens),
+                               batch_size=32, desc="greedy")
+
+
 @torch.no_grad()
 def evaluate_objectives(trainer, dataset, *, num_prompts: int = 32, max_new_tokens: Optional[int] = None) -> List[float]:
     """Greedy completions of the first ``num_prompts`` held-out prompts, mean score per reward function. Prompts are
     sharded over processes; sums and counts are all-reduced, so every rank gets the same vector."""
-    from posttrain.distributed import full_policy
-    from posttrain.evaluation import generate_greedy
-
     if dataset is None or len(dataset) == 0:
         raise UserError("held-out evaluation of the objectives needs held-out prompts: set data.eval")
     n = min(int(num_prompts), len(dataset))
@@ -103,28 +129,35 @@ def evaluate_objectives(trainer, dataset, *, num_prompts: int = 32, max_new_toke
     prompts = list(part["prompt"])
     k = len(trainer.reward_funcs)
     sums = torch.zeros(2, k, dtype=torch.float64, device=trainer.accelerator.device)
-    # every rank enters full_policy (under ZeRO-3 it all-gathers the weights and lifts DeepSpeed's hooks), then
-    # generates its own share alone: shares may differ by one prompt and greedy lengths differ, so no rank may
-    # wait for another inside generate
-    with full_policy(trainer) as model:
-        if prompts:
-            max_new = max_new_tokens or trainer.max_completion_length
-            texts, ids = generate_greedy(model, trainer.processing_class, prompts, max_new_tokens=int(max_new),
-                                         batch_size=32, desc="objective eval")
+    texts, ids = _greedy(trainer, prompts, max_new_tokens or trainer.max_completion_length)
     if prompts:
-        conversational = isinstance(prompts[0], list)
-        completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
-        columns = {c: list(part[c]) for c in part.column_names if c != "prompt"}
-        for j, fn in enumerate(trainer.reward_funcs):
-            scores = fn(prompts=prompts, completions=completions, completion_ids=ids, trainer_state=trainer.state,
-                        log_extra=lambda *a, **kw: None, log_metric=lambda *a, **kw: None, **columns)
-            vals = [float(s) for s in scores if s is not None and math.isfinite(float(s))]
+        scores = _score(trainer, prompts, texts, ids, {c: list(part[c]) for c in part.column_names if c != "prompt"})
+        valid = ~torch.isnan(scores)
+        for j in range(k):
+            vals = scores[valid[:, j], j].tolist()
             sums[0, j], sums[1, j] = math.fsum(vals), len(vals)
     sums = trainer.accelerator.reduce(sums, reduction="sum")
     if bool((sums[1] == 0).any()):
         bad = [trainer.reward_func_names[j] for j in range(k) if sums[1, j] == 0]
         raise UserError(f"held-out evaluation of the objectives: no valid score for {', '.join(bad)}")
     return (sums[0] / sums[1]).tolist()
+
+
+@torch.no_grad()
+def greedy_rewards(trainer, rows: Sequence[dict], weights_K: Sequence[float]) -> torch.Tensor:
+    """``[P]`` (all processes): the mixed reward of one greedy completion of each prompt group of ``rows`` (this
+    process's rollout inputs, ``num_generations`` rows per prompt); NaN where no reward could score it."""
+    t0 = time.perf_counter()
+    firsts = list(rows)[::trainer.num_generations]
+    prompts = [r["prompt"] for r in firsts]
+    texts, ids = _greedy(trainer, prompts, trainer.max_completion_length)
+    columns = {c: [r.get(c) for r in firsts] for c in (firsts[0] if firsts else {}) if c != "prompt"}
+    scores = _score(trainer, prompts, texts, ids, columns).to(torch.float32)
+    w = torch.tensor(list(weights_K), dtype=torch.float32)
+    mixed = (scores * w.unsqueeze(0)).nansum(dim=1)
+    mixed[torch.isnan(scores).all(dim=1)] = torch.nan
+    trainer._metrics["train"]["remax/greedy_seconds"].append(time.perf_counter() - t0)
+    return trainer.accelerator.gather(mixed.to(trainer.accelerator.device))
 
 
 # ------------------------------------------------------------------------------------------------ token-side inputs

@@ -100,6 +100,7 @@ class StrategyEnv:
     scale_rewards: str = "group"
     world_size: int = 1
     trainable_parameters: Optional[Tuple[str, ...]] = None
+    generation_batch_size: Optional[int] = None
 
     @property
     def num_objectives(self) -> int:
@@ -126,7 +127,8 @@ class RolloutContext:
       logs and saves the mix that formed the reward;
     * ``advantages_N`` -- the current advantages (``None`` before the estimator ran); updated after each
       ``adjust_advantages`` hook;
-    * ``group_ids_N`` -- prompt group of each row; ``texts`` -- the completions as text (all processes).
+    * ``group_ids_N`` -- prompt group of each row; ``texts`` -- the completions as text (all processes);
+    * ``completion_lengths_N`` -- completion tokens of each row (set after generation, before ``reshape_rewards``).
 
     Scalars: ``reward_names``, ``weights_K`` (the mix in use), ``group_size``, ``step`` (completed optimizer steps),
     ``max_steps``, ``learning_rate`` (the actor's current one), ``scale_rewards`` (TRL's), ``process_index``,
@@ -144,6 +146,8 @@ class RolloutContext:
       name matches the regular expression ``parameters`` (all when ``None``), summed over processes;
     * ``evaluate_objectives(num_prompts=32, max_new_tokens=None)`` -- per-objective mean score of greedy
       completions of the first ``num_prompts`` held-out prompts (``K`` floats, identical on every rank);
+    * ``greedy_rewards()`` -- ``[P]``: the reward (mixed with ``weights_K``) of one greedy completion of every prompt
+      group of the batch, generated and scored now (ReMax's baseline);
     * ``log(key, value)`` -- add a scalar to this step's metrics.
     """
 
@@ -154,6 +158,7 @@ class RolloutContext:
     rewards_N: Optional[torch.Tensor] = None
     advantages_N: Optional[torch.Tensor] = None
     texts: Sequence[str] = ()
+    completion_lengths_N: Optional[torch.Tensor] = None
     step: int = 0
     max_steps: Optional[int] = None
     learning_rate: float = 0.0
@@ -169,6 +174,7 @@ class RolloutContext:
     policy_gradients: Callable[[torch.Tensor], torch.Tensor] = field(
         default_factory=lambda: _missing("policy_gradients"))
     evaluate_objectives: Callable[[], List[float]] = field(default_factory=lambda: _missing("evaluate_objectives"))
+    greedy_rewards: Callable[[], torch.Tensor] = field(default_factory=lambda: _missing("greedy_rewards"))
     log: Callable[[str, float], None] = field(default=lambda key, value: None)
 
     @property
