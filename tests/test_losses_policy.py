@@ -81,6 +81,14 @@ def test_token_weights_hand_computed():
     assert loss_s.item() == pytest.approx(((-2.0 / 3) + (3.1 / 1.5)) / 2)
 
 
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean"])
+def test_normalize_weights_without_weights_is_count(aggregation):
+    logps, old, adv, mask = _case()
+    a, _ = policy_loss(logps, old, adv, mask, aggregation=aggregation)
+    b, _ = policy_loss(logps, old, adv, mask, aggregation=aggregation, normalize="weights")
+    assert a.item() == b.item()
+
+
 def test_weights_do_not_touch_kl_or_extra_term():
     logps, old, adv, mask = _case()
     ref = torch.zeros(2, 3, dtype=F64)

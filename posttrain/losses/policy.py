@@ -120,7 +120,8 @@ def policy_loss(
             padded length of this batch, which equals TRL's only if completions are padded to the maximum.
         normalize: ``"count"`` (default) divides by valid-token counts; ``"weights"`` divides by sum(w * m) instead
             (per sequence for ``seq_mean_token_mean``), so the weights act as a weighted average. Only meaningful
-            for ``token_mean`` and ``seq_mean_token_mean``. A zero denominator is replaced by 1.
+            for ``token_mean`` and ``seq_mean_token_mean``. A zero denominator is replaced by 1. Without
+            ``token_weights`` it is ``"count"``.
         importance_level: ``"token"`` (PPO/GRPO ratio per token), ``"sequence"`` (GSPO, Zheng et al. 2025,
             arXiv 2507.18071, objective Eq. 5 with s_i = (pi(y_i) / pi_old(y_i))^(1/|y_i|) = exp(mean_t log r_t)
             over the sequence's valid tokens). Implemented as the paper's GSPO-token variant,
@@ -472,6 +473,8 @@ class AdaptiveEntropyCoef:
 
 def _aggregate(per_token, m, w, aggregation, max_len, normalize):
     per_token = per_token * m  # m is 0/1 (or fractional, then it scales the token)
+    if w is None:  # no weights: every weight is 1, so "weights" normalisation is the count
+        normalize = "count"
     if aggregation == "token_mean":
         denom = (m * w).sum() if normalize == "weights" else m.sum()
         return per_token.sum() / _nonzero(denom)
