@@ -6,7 +6,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posttrain.losses import AGGREGATIONS, kl_divergence, policy_loss
+from posttrain.losses import (
+    AGGREGATIONS,
+    AdaptiveEntropyCoef,
+    entropy_bonus,
+    kl_divergence,
+    policy_loss,
+    trl_scaled_loss,
+    vllm_importance_sampling_ratio,
+)
 
 F64 = torch.float64
 
@@ -71,6 +79,14 @@ def test_token_weights_hand_computed():
     loss_s, _ = policy_loss(logps, old, adv, mask, token_weights=w, normalize="weights",
                             aggregation="seq_mean_token_mean")
     assert loss_s.item() == pytest.approx(((-2.0 / 3) + (3.1 / 1.5)) / 2)
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean"])
+def test_normalize_weights_without_weights_is_count(aggregation):
+    logps, old, adv, mask = _case()
+    a, _ = policy_loss(logps, old, adv, mask, aggregation=aggregation)
+    b, _ = policy_loss(logps, old, adv, mask, aggregation=aggregation, normalize="weights")
+    assert a.item() == b.item()
 
 
 def test_weights_do_not_touch_kl_or_extra_term():
@@ -326,3 +342,269 @@ def test_kl_bias_correction_hand_computed():
     corrected, m = policy_loss(logps, zeros, adv, mask, ref_logps=zeros, kl_coef=0.5, kl_bias_correction=True)
     assert plain.item() == pytest.approx(0.5 * k3) and corrected.item() == pytest.approx(0.5 * k3 * 1.5)
     assert m["kl"].item() == pytest.approx(k3)  # metrics report the plain estimator
+
+
+# ---------------------------------------------------------------- surrogates, off-policy mask, IS ratio, entropy
+# All on _case() (r = [[1, 1.5, 0.5], [0.9, 1.1, (2.0 masked)]], A = [+1, -2]) with the non-neutral token weights
+# W below (7.0 sits on the masked token); expected numbers written out by hand.
+W = torch.tensor([[1.0, 0.0, 2.0], [0.5, 1.0, 7.0]], dtype=F64)
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_cispo_hand_computed_with_weights():
+    logps, old, adv, mask = _case()
+    # sg(min(r, 1.2)) = 1, 1.2, 0.5 | 0.9, 1.1 ; l = -c * A * log r * w
+    loss, m = policy_loss(logps, old, adv, mask, token_weights=W, surrogate="cispo", clip_low=None,
+                          cispo_clip_max=1.2)
+    expected = (0.0 + 0.0 + 2 * (-0.5 * math.log(0.5)) + 0.5 * (1.8 * math.log(0.9)) + 1.0 * (2.2 * math.log(1.1))) / 5
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    loss.backward()
+    # d/dlogp = -c * A * w: every token keeps a gradient, the clipped one (r = 1.5) with c = 1.2 (times w = 0 here)
+    grad = torch.tensor([[-1.0, 0.0, -0.5 * 2], [0.9 * 2 * 0.5, 1.1 * 2 * 1.0, 0.0]], dtype=F64) / 5
+    torch.testing.assert_close(logps.grad, grad, rtol=0, atol=1e-12)
+    assert m["clip_frac_high"].item() == pytest.approx(1 / 5)  # TRL's cispo_clip_ratio: r > 1.2 with A > 0
+    # with the default clip_low=0.2 the paper's lower bound applies: token (0, 2) gets sg(0.8) instead of 0.5
+    lower, _ = policy_loss(logps.detach(), old, adv, mask, token_weights=W, surrogate="cispo", cispo_clip_max=1.2)
+    assert lower.item() == pytest.approx(expected + 2 * (-(0.8 - 0.5) * math.log(0.5)) / 5, abs=1e-12)
+    # without cispo_clip_max the upper bound is 1 + clip_high
+    same, _ = policy_loss(logps.detach(), old, adv, mask, token_weights=W, surrogate="cispo", clip_low=None)
+    assert same.item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_sapo_hand_computed_with_weights():
+    logps, old, adv, mask = _case()
+    loss, m = policy_loss(logps, old, adv, mask, token_weights=W, surrogate="sapo", aggregation="seq_mean_token_mean")
+    # row 0, A = +1, tau = 1:    l = -4 sigmoid(r - 1)
+    row0 = [-4 * _sigmoid(0.0) * 1.0, -4 * _sigmoid(0.5) * 0.0, -4 * _sigmoid(-0.5) * 2.0]
+    # row 1, A = -2, tau = 1.05: l = +2 * (4 / 1.05) sigmoid(1.05 (r - 1))
+    row1 = [2 * 4 / 1.05 * _sigmoid(1.05 * -0.1) * 0.5, 2 * 4 / 1.05 * _sigmoid(1.05 * 0.1) * 1.0]
+    assert loss.item() == pytest.approx((sum(row0) / 3 + sum(row1) / 2) / 2, abs=1e-12)
+    loss.backward()
+
+    def g(r, a, tau, w, n):  # d/dlogp of -(4/tau) sigmoid(tau (r - 1)) A = -4 s (1 - s) r A
+        s = _sigmoid(tau * (r - 1))
+        return -4 * s * (1 - s) * r * a * w / n / 2
+
+    grad = torch.tensor([[g(1.0, 1, 1.0, 1.0, 3), 0.0, g(0.5, 1, 1.0, 2.0, 3)],
+                         [g(0.9, -2, 1.05, 0.5, 2), g(1.1, -2, 1.05, 1.0, 2), 0.0]], dtype=F64)
+    torch.testing.assert_close(logps.grad, grad, rtol=0, atol=1e-12)
+    assert m["clip_frac"].item() == 0.0  # a soft gate never clips
+
+
+def test_vespo_hand_computed_with_weights_and_is_ratio():
+    logps, old, adv, mask = _case()
+    # row 0: w = 1 * 1.5 * 0.5 = 0.75, A >= 0 -> (k, lam) = (2, 3): phi = e^3 0.75^2 e^-2.25
+    # row 1: w = 0.9 * 1.1 = 0.99,     A < 0  -> (k, lam) = (3, 2): phi = e^2 0.99^3 e^-1.98
+    phi0, phi1 = math.exp(3 - 2.25) * 0.75 ** 2, math.exp(2 - 1.98) * 0.99 ** 3
+    loss, m = policy_loss(logps, old, adv, mask, token_weights=W, surrogate="vespo")
+    # l = -phi * A * log pi * w
+    expected = (-phi0 * (0 * 1 + math.log(1.5) * 0 + math.log(0.5) * 2)
+                + 2 * phi1 * (math.log(0.9) * 0.5 + math.log(1.1) * 1)) / 5
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    assert m["vespo_phi_mean"].item() == pytest.approx((phi0 + phi1) / 2)
+    loss.backward()
+    grad = torch.tensor([[-phi0 * 1, 0.0, -phi0 * 2], [2 * phi1 * 0.5, 2 * phi1, 0.0]], dtype=F64) / 5
+    torch.testing.assert_close(logps.grad, grad, rtol=0, atol=1e-12)
+    # the rollout IS ratio enters phi (not the per-token product): row 0's w becomes 0.75 * 2 = 1.5
+    rho = torch.tensor([[2.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=F64)  # 0.0 on the masked token is ignored
+    with_is, _ = policy_loss(logps.detach(), old, adv, mask, token_weights=W, surrogate="vespo",
+                             importance_sampling_ratio=rho)
+    phi0_is = math.exp(3 - 4.5) * 1.5 ** 2
+    assert with_is.item() == pytest.approx(expected + (phi0 - phi0_is) * math.log(0.5) * 2 / 5, abs=1e-12)
+
+
+def test_off_policy_mask_hand_computed_with_weights_and_kl():
+    logps, old, adv, mask = _case()
+    # row 1 (A = -2): mean(sampling - logp) over its 2 valid tokens = (0.4 + 0.6) / 2 = 0.5 > 0.3 -> dropped;
+    # row 0 has the same drift but A >= 0 -> kept
+    sampling = logps.detach() + torch.tensor([[0.5, 0.5, 0.5], [0.4, 0.6, float("nan")]], dtype=F64)
+    ref = torch.zeros(2, 3, dtype=F64)
+    loss, m = policy_loss(logps, old, adv, mask, token_weights=W, ref_logps=ref, kl_coef=0.1,
+                          off_policy_mask_threshold=0.3, sampling_logps=sampling)
+    kl = kl_divergence(logps.detach(), ref)[mask].sum()
+    # weighted policy term of row 0 only: -1 * 1, -1.2 * 0, -0.5 * 2 ; the KL is not masked
+    assert loss.item() == pytest.approx((-2.0 + 0.1 * kl.item()) / 5, abs=1e-12)
+    assert m["off_policy_masked_frac"].item() == pytest.approx(2 / 5)
+    kept, _ = policy_loss(logps.detach(), old, adv, mask, token_weights=W, off_policy_mask_threshold=0.5,
+                          sampling_logps=sampling)  # 0.5 <= 0.5: kept
+    assert kept.item() == pytest.approx(1.1 / 5)
+    # a NaN at a valid token counts as 0 in the mean (TRL): (0.4 + 0) / 2 = 0.2 <= 0.3 -> kept
+    sampling[1, 1] = float("nan")
+    nan_kept, _ = policy_loss(logps.detach(), old, adv, mask, token_weights=W, off_policy_mask_threshold=0.3,
+                              sampling_logps=sampling)
+    assert nan_kept.item() == pytest.approx(1.1 / 5)
+
+
+def test_off_policy_mask_falls_back_to_old_logps():
+    logps, old, adv, mask = _case()  # old = 0: mean(old - logp) of row 1 = -(ln 0.9 + ln 1.1) / 2 = 0.005
+    dropped, _ = policy_loss(logps, old, adv, mask, off_policy_mask_threshold=0.001)
+    kept, _ = policy_loss(logps, old, adv, mask, off_policy_mask_threshold=0.01)
+    assert dropped.item() == pytest.approx(-2.7 / 5) and kept.item() == pytest.approx(1.3 / 5)
+
+
+def test_is_ratio_hand_computed_with_weights():
+    logps, old, adv, mask = _case()
+    # weighted per-token ppo terms: -1, 0, -1 | 0.9, 2.2 ; rho multiplies them, not the KL
+    rho = torch.tensor([[2.0, 1.0, 1.0], [1.0, 0.5, float("inf")]], dtype=F64)  # inf on the masked token: ignored
+    loss, m = policy_loss(logps, old, adv, mask, token_weights=W, importance_sampling_ratio=rho)
+    assert loss.item() == pytest.approx((-2.0 + 0 - 1.0 + 0.9 + 1.1) / 5, abs=1e-12)
+    assert m["is_ratio_mean"].item() == pytest.approx((2 + 1 + 1 + 1 + 0.5) / 5)
+    loss.backward()
+    # ppo gradient -A r (0 where clipped) times w * rho
+    grad = torch.tensor([[-1.0 * 2, 0.0, -0.5 * 2], [1.8 * 0.5, 2.2 * 0.5, 0.0]], dtype=F64) / 5
+    torch.testing.assert_close(logps.grad, grad, rtol=0, atol=1e-12)
+    seq_rho = torch.tensor([[2.0], [0.5]], dtype=F64)
+    seq, _ = policy_loss(logps.detach(), old, adv, mask, token_weights=W, importance_sampling_ratio=seq_rho)
+    assert seq.item() == pytest.approx((-2.0 * 2 + 3.1 * 0.5) / 5, abs=1e-12)
+
+
+def test_entropy_bonus_hand_computed():
+    logps, old, adv, mask = _case()
+    ent = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, float("nan")]], dtype=F64, requires_grad=True)
+    base, _ = policy_loss(logps.detach(), old, adv, mask, token_weights=W)
+    loss, m = policy_loss(logps.detach(), old, adv, mask, token_weights=W, entropies=ent, entropy_coef=0.1)
+    assert (loss - base).item() == pytest.approx(-0.1 * 15 / 5)  # weights do not touch the bonus
+    assert m["entropy"].item() == pytest.approx(3.0) and m["entropy_bonus"].item() == pytest.approx(-0.3)
+    loss.backward()
+    torch.testing.assert_close(ent.grad, -0.1 * mask.to(F64) / 5, rtol=0, atol=1e-12)
+    # over an effective mask (TRL's top-entropy mask): tokens 1, 3, 4, 5 -> mean 13 / 4
+    emask = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]], dtype=F64)
+    sub, m2 = policy_loss(logps.detach(), old, adv, mask, token_weights=W, entropies=ent.detach(),
+                          entropy_coef=0.1, entropy_mask=emask)
+    assert (sub - base).item() == pytest.approx(-0.1 * 13 / 4)
+    assert entropy_bonus(ent.detach(), mask * emask, 0.1).item() == pytest.approx(-0.1 * 13 / 4)
+    # entropies with coef 0 are reported only; the loss is unchanged
+    zero, m0 = policy_loss(logps.detach(), old, adv, mask, token_weights=W, entropies=ent.detach())
+    assert zero.item() == base.item() and m0["entropy"].item() == pytest.approx(3.0)
+
+
+def test_trl_scaled_loss_hand_computed_with_entropy_bonus():
+    logps, old, adv, mask = _case()
+    ent = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=F64, requires_grad=True)
+    loss, _ = policy_loss(logps, old, adv, mask, entropies=ent, entropy_coef=0.1)  # 1.3 / 5 - 0.1 * 3
+    bonus = entropy_bonus(ent, mask, 0.1)
+    kw = dict(local_tokens=torch.tensor(5.0), num_items_in_batch=torch.tensor(20.0), num_processes=1,
+              gradient_accumulation_steps=2, steps_per_generation=2, training=True)
+    # dapo / cispo / vespo: token sum 1.3 over 20 * 2 / 2 = 20 global tokens; the bonus is only halved
+    for lt in ["dapo", "cispo", "vespo"]:
+        assert trl_scaled_loss(loss, lt, entropy_bonus=bonus, **kw).item() == pytest.approx(1.3 / 20 - 0.3 / 2)
+    for lt in ["grpo", "bnpo", "dr_grpo", "sapo", "luspo"]:
+        assert trl_scaled_loss(loss, lt, entropy_bonus=bonus, **kw).item() == pytest.approx((0.26 - 0.3) / 2)
+        assert trl_scaled_loss(loss, lt, **kw).item() == pytest.approx((0.26 - 0.3) / 2)
+    scaled = trl_scaled_loss(loss, "dapo", entropy_bonus=bonus, **kw)
+    scaled.backward()
+    torch.testing.assert_close(ent.grad, torch.tensor([[1.0, 1, 1], [1, 1, 0]], dtype=F64) * -0.1 / 5 / 2)
+    with pytest.raises(ValueError, match="unknown loss_type"):
+        trl_scaled_loss(loss, "ppo", **kw)
+
+
+def test_sequence_shared_spreads_the_gradient_hand_computed():
+    # log r = [ln 2, 0] -> s = sqrt 2 > 1.2; A = -1 -> l_t = s (unclipped branch); w = [1, 3]; token mean over 2
+    logps = torch.tensor([[math.log(2.0), 0.0]], dtype=F64)
+    old, mask, adv = torch.zeros(1, 2, dtype=F64), torch.ones(1, 2), torch.tensor([-1.0], dtype=F64)
+    w = torch.tensor([[1.0, 3.0]], dtype=F64)
+    s = math.sqrt(2)
+    grads = {}
+    for level in ["sequence", "sequence_shared"]:
+        x = logps.clone().requires_grad_()
+        loss, _ = policy_loss(x, old, adv, mask, token_weights=w, importance_level=level)
+        assert loss.item() == pytest.approx((s + 3 * s) / 2)
+        loss.backward()
+        grads[level] = x.grad
+    # GSPO-token: each token its own weight, d/dlogp_t = w_t s / 2
+    torch.testing.assert_close(grads["sequence"], torch.tensor([[s / 2, 3 * s / 2]], dtype=F64))
+    # shared: ds/dlogp_t = s / 2 for both tokens, times sum_t w_t / 2 = 2
+    torch.testing.assert_close(grads["sequence_shared"], torch.tensor([[s, s]], dtype=F64))
+
+
+def test_vllm_importance_sampling_ratio_hand_computed():
+    old = torch.tensor([[math.log(2.0), 0.0, math.log(0.5)], [0.0, 0.0, 0.0]], dtype=F64)
+    sampling = torch.tensor([[0.0, 0.0, 0.0], [math.log(4.0), float("nan"), 5.0]], dtype=F64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # token ratios: row 0: 2, 1, 0.5; row 1: 1/4, 1 (NaN -> no correction), 1 (padding)
+    tt = vllm_importance_sampling_ratio(old, sampling, mask, mode="token_truncate", clip_max=1.5)
+    torch.testing.assert_close(tt, torch.tensor([[1.5, 1.0, 0.5], [0.25, 1.0, 1.0]], dtype=F64))
+    tm = vllm_importance_sampling_ratio(old, sampling, mask, mode="token_mask", clip_min=0.4, clip_max=1.5)
+    torch.testing.assert_close(tm, torch.tensor([[0.0, 1.0, 0.5], [0.0, 1.0, 1.0]], dtype=F64))
+    # sequence ratios: row 0: 2 * 1 * 0.5 = 1; row 1: 1/4
+    st_ = vllm_importance_sampling_ratio(old, sampling, mask, mode="sequence_truncate", clip_min=0.5, clip_max=3.0)
+    torch.testing.assert_close(st_, torch.tensor([[1.0], [0.5]], dtype=F64))
+    sm = vllm_importance_sampling_ratio(old, sampling, mask)  # TRL's defaults: sequence_mask, C_max = 3
+    torch.testing.assert_close(sm, torch.tensor([[1.0], [0.25]], dtype=F64))
+    with pytest.raises(ValueError, match="unknown importance sampling mode"):
+        vllm_importance_sampling_ratio(old, sampling, mask, mode="token")
+    with pytest.raises(ValueError, match="needs clip_min or clip_max"):
+        vllm_importance_sampling_ratio(old, sampling, mask, mode="token_truncate", clip_max=None)
+    with pytest.raises(ValueError, match="must be less than"):
+        vllm_importance_sampling_ratio(old, sampling, mask, clip_min=3.0, clip_max=2.0)
+
+
+def test_adaptive_entropy_coef_rule_gating_and_state():
+    ctrl = AdaptiveEntropyCoef(0.01, target=1.0, delta=0.005, coef_min=0.0, coef_max=0.02)
+    assert ctrl.applied_coef == 0.0  # no measurement yet (last entropy = inf)
+    assert ctrl.update(0.8) == pytest.approx(0.015) and ctrl.applied_coef == pytest.approx(0.015)
+    assert ctrl.update(1.0) == pytest.approx(0.02)  # at the target counts as below; capped at coef_max next
+    assert ctrl.update(0.1) == pytest.approx(0.02)
+    assert ctrl.update(1.5) == pytest.approx(0.015) and ctrl.applied_coef == 0.0  # above target: not applied
+    for _ in range(5):
+        ctrl.update(2.0)
+    assert ctrl.coef == 0.0  # floored at coef_min
+    # window: token-weighted mean over micro-batches, optionally reduced over processes
+    ctrl.observe(torch.tensor([[1.0, 3.0]]), torch.tensor([[1, 0]]))
+    ctrl.observe(torch.tensor([[0.5, 0.5]]), torch.tensor([[1, 1]]))  # (1 + 0.5 + 0.5) / 3
+    ctrl.end_window()
+    assert ctrl.last_world_entropy == pytest.approx(2 / 3) and ctrl.coef == pytest.approx(0.005)
+    ctrl.observe(torch.tensor([[3.0]]), torch.tensor([[1]]))
+    ctrl.end_window(reduce=lambda t: t + torch.tensor([0.0, 2.0]))  # two more (zero-entropy) tokens elsewhere
+    assert ctrl.last_world_entropy == pytest.approx(1.0)
+    state = ctrl.state_dict()
+    assert state == {"entropy_coef": pytest.approx(0.01), "last_world_entropy": pytest.approx(1.0)}
+    other = AdaptiveEntropyCoef(0.3, target=1.0, delta=0.005, coef_min=0.0, coef_max=0.02)  # config is not state
+    other.load_state_dict(state)
+    assert other.coef == ctrl.coef and other.applied_coef == ctrl.applied_coef
+    with pytest.raises(ValueError, match="without any observe"):
+        other.end_window()
+    with pytest.raises(ValueError, match="coef_min <= coef_max"):
+        AdaptiveEntropyCoef(coef_min=1.0, coef_max=0.5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"surrogate": "ppo"}, "unknown surrogate"),
+        ({"surrogate": "cispo", "cispo_clip_max": 0.0}, "cispo_clip_max"),
+        ({"surrogate": "sapo", "sapo_temperature_pos": 0.0}, "sapo temperatures"),
+        ({"vespo_k_pos": math.inf}, "vespo"),
+        ({"entropy_coef": 0.1}, "needs entropies"),
+        ({"entropies": torch.ones(2, 2)}, "shape mismatch: entropies"),
+        ({"importance_sampling_ratio": torch.ones(2, 2)}, "importance_sampling_ratio must be"),
+        ({"importance_sampling_ratio": -torch.ones(2, 3)}, "finite and >= 0"),
+        ({"off_policy_mask_threshold": math.nan}, "off_policy_mask_threshold"),
+        ({"off_policy_mask_threshold": 0.1, "sampling_logps": torch.full((2, 3), -math.inf)},
+         "non-finite values at valid positions in: sampling_logps"),
+    ],
+)
+def test_new_argument_validation_errors(kwargs, match):
+    logps, old, adv, mask = _case()
+    with pytest.raises(ValueError, match=match):
+        policy_loss(logps, old, adv, mask, **kwargs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=_shapes, seed=st.integers(0, 10_000), aggregation=st.sampled_from(AGGREGATIONS),
+       surrogate=st.sampled_from(["ppo_clip", "cispo", "sapo", "vespo"]),
+       level=st.sampled_from(["token", "sequence", "sequence_shared"]))
+def test_new_features_finite_and_neutral(shape, seed, aggregation, surrogate, level):
+    """Finite loss and gradient; rho = 1, a threshold that keeps everything and unit weights change nothing."""
+    logps, old, adv, mask = _random_inputs(shape, seed)
+    a, _ = policy_loss(logps, old, adv, mask, aggregation=aggregation, surrogate=surrogate, importance_level=level)
+    b, _ = policy_loss(logps, old, adv, mask, aggregation=aggregation, surrogate=surrogate, importance_level=level,
+                       token_weights=torch.ones(shape, dtype=F64),
+                       importance_sampling_ratio=torch.ones(shape, dtype=F64),
+                       off_policy_mask_threshold=1e9, sampling_logps=old - 3.0)
+    b.backward()
+    assert torch.isfinite(a) and a.item() == pytest.approx(b.item(), abs=1e-10)
+    assert torch.isfinite(logps.grad).all() and torch.count_nonzero(logps.grad[~mask]) == 0

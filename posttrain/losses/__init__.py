@@ -4,8 +4,12 @@ Each function stands alone so users can drop it into their own training loop::
 
     from posttrain.losses import policy_loss, dpo_loss, kl_divergence, selective_logprobs_and_entropy
 
-* :func:`policy_loss` — clipped policy-gradient loss of the GRPO family (GRPO / DAPO / Dr. GRPO / BNPO / GSPO),
-  per-token weights, k1/k2/k3 KL penalty, explicit aggregation; equals TRL 1.16's GRPOTrainer loss.
+* :func:`policy_loss` — policy-gradient loss of the GRPO family (GRPO / DAPO / Dr. GRPO / BNPO / GSPO / LUSPO, and
+  the CISPO / SAPO / VESPO surrogates), per-token weights, k1/k2/k3 KL penalty, explicit aggregation, off-policy
+  sequence mask, rollout importance-sampling ratio, entropy bonus; equals TRL 1.16's GRPOTrainer loss for every
+  ``loss_type`` (:data:`TRL_LOSS_TYPES`, :func:`trl_scaled_loss`).
+* :func:`vllm_importance_sampling_ratio`, :func:`off_policy_sequence_mask`, :func:`vespo_gamma_weights`,
+  :func:`entropy_bonus`, :class:`AdaptiveEntropyCoef` — the pieces, as TRL 1.16 computes them.
 * :func:`kl_divergence` — per-token KL estimators k1 / k2 / k3.
 * :func:`dpo_loss` / :func:`rpo_nll_term` — DPO (sigmoid, cDPO), IPO, hinge (SLiC), robust DPO; RPO's NLL term.
 * :func:`grpo_advantages` (alias :func:`group_advantages`, TRL 1.16's ``sum_then_normalize``),
@@ -21,19 +25,37 @@ from .advantages import (ADVANTAGE_ESTIMATORS, grpo_advantages, group_advantages
                          reinforce_pp_advantages, reinforce_pp_baseline_advantages, remax_advantages, rloo_advantages)
 from .kl import KL_ESTIMATORS, kl_divergence
 from .logprobs import selective_logprobs_and_entropy
-from .policy import AGGREGATIONS, policy_loss
+from .policy import (
+    AGGREGATIONS,
+    IS_MODES,
+    SURROGATES,
+    TRL_LOSS_TYPES,
+    AdaptiveEntropyCoef,
+    entropy_bonus,
+    off_policy_sequence_mask,
+    policy_loss,
+    trl_scaled_loss,
+    vespo_gamma_weights,
+    vllm_importance_sampling_ratio,
+)
 from .preference import DPO_LOSS_TYPES, dpo_loss, rpo_nll_term
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGGREGATIONS",
     "DPO_LOSS_TYPES",
+    "IS_MODES",
     "KL_ESTIMATORS",
+    "SURROGATES",
+    "TRL_LOSS_TYPES",
+    "AdaptiveEntropyCoef",
     "dpo_loss",
+    "entropy_bonus",
     "grpo_advantages",
     "group_advantages",
     "kl_divergence",
     "kl_penalized_rewards",
+    "off_policy_sequence_mask",
     "policy_loss",
     "reinforce_pp_advantages",
     "reinforce_pp_baseline_advantages",
@@ -41,4 +63,7 @@ __all__ = [
     "rloo_advantages",
     "rpo_nll_term",
     "selective_logprobs_and_entropy",
+    "trl_scaled_loss",
+    "vespo_gamma_weights",
+    "vllm_importance_sampling_ratio",
 ]
