@@ -8,17 +8,17 @@ as TRL 1.16 scales its own (:func:`~posttrain.losses.policy.trl_scaled_loss`).
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from posttrain.errors import RunStopped, StrategyFailed, UserError
-from posttrain.losses import policy_loss
-from posttrain.losses.policy import trl_scaled_loss
+from posttrain.losses import AdaptiveEntropyCoef, entropy_bonus, policy_loss
+from posttrain.losses.policy import TRL_LOSS_TYPES, trl_scaled_loss
 from posttrain.trainers import grpo_services as services
 from posttrain.weighting.tokens import (TokenBatch, apply_token_strategies, build_token_strategies, required_inputs,
                                         token_kinds, token_weight_stats)
 
-# TRL loss_type -> our aggregation (TRL's normalisers for gradient accumulation: trl_scaled_loss)
-AGGREGATION = {"grpo": "seq_mean_token_mean", "bnpo": "token_mean", "dr_grpo": "dr_grpo", "dapo": "token_mean"}
 
 
 class TokenLossMixin:
@@ -41,21 +41,22 @@ class TokenLossMixin:
         # Clip-Cov draws random tokens: a dedicated generator, seeded identically on every rank so that
         # scope=global selections agree across processes.
         self._token_generator = torch.Generator().manual_seed(int(self.args.seed))
+        # TRL's adaptive-entropy update rule; its state lives in TRL's own attributes (and TRL's checkpoints)
+        self._entropy_ctrl = AdaptiveEntropyCoef(
+            self.entropy_coef, target=self.args.entropy_target, delta=self.args.entropy_coef_delta,
+            coef_min=self.args.entropy_coef_min, coef_max=self.args.entropy_coef_max)
         if not self._token_strategies:
             return
+        # Every TRL 1.16 loss feature composes with token weights (posttrain.losses.policy_loss reproduces TRL's
+        # _compute_loss for each); the few combinations that cannot be meant are refused here.
         problems = []
-        if self.loss_type not in AGGREGATION:
-            problems.append(f"train.loss_type '{self.loss_type}' (supported: {', '.join(AGGREGATION)})")
-        if self.top_entropy_quantile < 1.0:
-            problems.append("train.top_entropy_quantile < 1 (use the 'high_entropy' token strategy instead)")
-        if self.off_policy_mask_threshold is not None:
-            problems.append("train.off_policy_mask_threshold")
-        if self._entropy_bonus_enabled:
-            problems.append("train.entropy_coef / use_adaptive_entropy")
-        if self.use_vllm and self.vllm_importance_sampling_correction:
-            problems.append("vLLM importance-sampling correction")
+        if self.loss_type not in TRL_LOSS_TYPES:
+            problems.append(f"train.loss_type '{self.loss_type}' (known: {', '.join(TRL_LOSS_TYPES)})")
         if self.aux_loss_enabled:
             problems.append("router aux loss (MoE)")
+        if self._normalize == "weights" and self.loss_type in ("dapo", "cispo", "vespo"):
+            problems.append(f"weighting.normalize 'weights' with train.loss_type '{self.loss_type}' (its denominator "
+                            f"is the generation batch's token count)")
         if self._scope == "global" and "loss_term" in self._token_kinds:
             problems.append("scope 'global' with a loss-term strategy such as kl_cov (use scope micro or local)")
         if self._scope == "local" and self.args.steps_per_generation != 1:
@@ -87,9 +88,9 @@ class TokenLossMixin:
         attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
         logits_to_keep = completion_ids.size(1)
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+        logps, entropies_grad, _ = self._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, compute_entropy=True)
-        entropies = entropies.detach()
+        entropies = entropies_grad.detach()  # what strategies read; the entropy bonus differentiates entropies_grad
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
         batch = TokenBatch(
@@ -111,24 +112,71 @@ class TokenLossMixin:
             return (logps * mask).sum() * 0.0  # this step is skipped; a checkpoint is written and the run stops
 
         mode = "train" if self.model.training else "eval"
+        weights = result.weights
+        if self.top_entropy_quantile < 1.0:  # TRL's own 80/20 mask composes with the strategies' weights
+            entropy_mask = self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+            weights = entropy_mask.float() if weights is None else weights * entropy_mask
+        else:
+            entropy_mask = None
+        bonus_mask = mask if entropy_mask is None else mask * entropy_mask
+        coef = self._entropy_coef_now() if self._entropy_bonus_enabled else 0.0
+        loss_type = TRL_LOSS_TYPES[self.loss_type]
+        # TRL multiplies the loss by vLLM's importance-sampling ratio when the correction is on; VESPO folds any ratio
+        # present into its weights
+        is_ratio = inputs.get("importance_sampling_ratio") if self.loss_type == "vespo" or (
+            self.use_vllm and self.vllm_importance_sampling_correction) else None
         loss, metrics = policy_loss(
             logps, old_logps, result.advantages, mask,
-            token_weights=result.weights,
+            token_weights=weights,
             ref_logps=inputs.get("ref_per_token_logps") if self.beta != 0.0 else None,
-            clip_low=None if result.clip_disabled else self.epsilon_low,
+            clip_low=None if result.clip_disabled or self.loss_type == "cispo" else self.epsilon_low,
             clip_high=None if result.clip_disabled else self.epsilon_high,
             kl_coef=self.beta, kl_estimator="k3", kl_bias_correction=bool(self.args.use_bias_correction_kl),
-            aggregation=AGGREGATION[self.loss_type], max_len=self.max_completion_length,
-            normalize=self._normalize, importance_level=self.importance_sampling_level,
+            aggregation=loss_type["aggregation"], surrogate=loss_type["surrogate"], max_len=self.max_completion_length,
+            normalize=self._normalize,
+            # TRL's one-ratio-per-sequence form when a per-token IS ratio multiplies it (GSPO-token otherwise; the two
+            # differ in gradient only when a per-token factor varies within a sequence)
+            importance_level="sequence_shared" if self.importance_sampling_level == "sequence" and is_ratio is not None
+            else self.importance_sampling_level,
             extra_token_loss=result.extra_token_loss, delta=self.args.delta,
+            cispo_clip_max=self.epsilon_high if self.loss_type == "cispo" else None,
+            sapo_temperature_pos=self.args.sapo_temperature_pos, sapo_temperature_neg=self.args.sapo_temperature_neg,
+            vespo_k_pos=self.args.vespo_k_pos, vespo_lambda_pos=self.args.vespo_lambda_pos,
+            vespo_k_neg=self.args.vespo_k_neg, vespo_lambda_neg=self.args.vespo_lambda_neg,
+            off_policy_mask_threshold=self.off_policy_mask_threshold,
+            sampling_logps=inputs.get("sampling_per_token_logps"), importance_sampling_ratio=is_ratio,
+            entropies=entropies_grad if self._entropy_bonus_enabled else None, entropy_coef=coef,
+            entropy_mask=bonus_mask,
         )
         loss = trl_scaled_loss(
             loss, self.loss_type, local_tokens=(mask * 1.0).sum(), num_items_in_batch=inputs.get("num_items_in_batch"),
             num_processes=self.accelerator.num_processes,
             gradient_accumulation_steps=self.current_gradient_accumulation_steps if mode == "train" else 1.0,
-            steps_per_generation=self.args.steps_per_generation, training=mode == "train")
+            steps_per_generation=self.args.steps_per_generation, training=mode == "train",
+            entropy_bonus=entropy_bonus(entropies_grad, bonus_mask, coef) if coef else None)
+        if self._entropy_bonus_enabled:
+            self._entropy_controller_step(mode, entropies, bonus_mask)
         self._log_token_weighting(mode, metrics, result, entropies, mask)
         return loss
+
+    def _entropy_coef_now(self) -> float:
+        """TRL's coefficient and gating from the end of the previous optimizer step (adaptive entropy)."""
+        if self.use_adaptive_entropy:
+            return self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
+        return self.entropy_coef
+
+    def _entropy_controller_step(self, mode, entropies, bonus_mask) -> None:
+        """TRL 1.16's adaptive entropy controller (:class:`~posttrain.losses.AdaptiveEntropyCoef`) on TRL's own
+        attributes, so TRL's checkpointing of ``entropy_coef`` / ``last_world_entropy`` keeps working."""
+        if self.use_adaptive_entropy and mode == "train":
+            ctrl = self._entropy_ctrl
+            ctrl.observe(entropies, bonus_mask)
+            if self.accelerator.sync_gradients:
+                ctrl.coef, ctrl.last_world_entropy = self.entropy_coef, self._last_world_entropy
+                ctrl.end_window(partial(self.accelerator.reduce, reduction="sum"))
+                self.entropy_coef, self._last_world_entropy = ctrl.coef, ctrl.last_world_entropy
+        if mode == "train" and self.accelerator.sync_gradients:
+            self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
 
     def _apply_token_strategies(self, batch: TokenBatch):
         if self._scope != "global" or self.accelerator.num_processes == 1:

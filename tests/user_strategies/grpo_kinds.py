@@ -60,3 +60,10 @@ class Exploding(Strategy):
 
 class DoesNothing(Strategy):
     """Implements no hook at all: must be refused, never silently ignored."""
+
+
+class OnesTokenWeights(Strategy):
+    """Token strategy with neutral weights: the loss must then be exactly TRL's own."""
+
+    def token_weights(self, batch):
+        return batch.mask.float()
