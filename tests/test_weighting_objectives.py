@@ -542,10 +542,8 @@ def test_trust_no_correct_rollout_keeps_factor_one():
     assert trust == 1.0 and d == pytest.approx(0.3)
 
 
-def test_trust_needs_aux_weights_annealing_roundtrip():
+def test_trust_weights_annealing_roundtrip():
     tw = TrustWeighting()
-    mask = tw.needs_aux([1.0, 0.95, 0.6, 0.1, 0.3], [0, 0, 1, 1, 1])
-    assert mask.tolist() == [False, False, True, False, True]
     w0 = tw.weights()
     assert w0 == pytest.approx([1 / 1.3, 0.3 / 1.3]) and is_simplex(w0)
     tw.update()

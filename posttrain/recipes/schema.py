@@ -56,7 +56,7 @@ class DataSection(_Strict):
 
 
 class RewardSpec(_Strict):
-    name: str = Field(..., description="A registered reward (see `posttrain rewards`) or 'pkg.mod:fn'.")
+    name: str = Field(..., description="A registered reward (docs/rewards_and_data.md) or 'pkg.mod:fn'.")
     args: Dict[str, Any] = Field(default_factory=dict, description="Arguments of the reward factory.")
     weight: float = Field(1.0, ge=0.0, description="Fixed objective weight (when no objective strategy is set).")
     timeout: Optional[float] = Field(

@@ -2,7 +2,7 @@
 
 Hu et al., "REINFORCE++: Stabilizing Critic-Free Policy Optimization with Global Normalization" (arXiv 2501.03262,
 v9). The paper's claim: prompt-level (local) normalisation as in GRPO is biased; normalising over the *global* batch
-is "effectively unbiased". Its advantage (restated in methods.md F1.3; equation numbers not checked here)::
+is "effectively unbiased". Its advantage (as restated by the verl and RLinf documentation; equation numbers not checked here)::
 
     A[i, t] = r_i - beta * sum_{t' >= t} KL[i, t']          KL = log pi_old / pi_ref per token (in the reward)
     A_norm  = (A - mean_batch A) / std_batch A                over every valid token of the global batch
@@ -10,8 +10,8 @@ is "effectively unbiased". Its advantage (restated in methods.md F1.3; equation 
 Token-level whitening follows verl's ``verl_F.masked_whiten`` (used by both verl estimators) and OpenRLHF's
 global normalisation: the statistics are over *valid tokens*, so a sequence weighs by its length.
 
-Variance: **unbiased** (``/ (n - 1)``) by default, as verl's ``masked_var(unbiased=True)`` (the reference code of
-methods.md F1 and of our parity tests) and as ``torch.std`` / TRL's ``nanstd`` elsewhere in this package.
+Variance: **unbiased** (``/ (n - 1)``) by default, as verl's ``masked_var(unbiased=True)`` (the reference code of our parity
+tests) and as ``torch.std`` / TRL's ``nanstd`` elsewhere in this package.
 OpenRLHF divides by ``n`` (``unbiased=False``). Over the thousands of tokens of a batch the two differ by a factor
 ``sqrt(n / (n - 1))``, i.e. nothing; they only matter for tiny batches. The epsilon is added to the variance,
 ``rsqrt(var + eps)`` with ``eps = 1e-8``, as verl (OpenRLHF: ``rsqrt(var.clamp(min=1e-8))``).
@@ -164,8 +164,7 @@ def reinforce_pp_baseline_advantages(
             the baseline and accumulates it (not reproduced).
         stats: ``"token"`` (default, verl/OpenRLHF: every valid token counts, so longer sequences weigh more) or
             ``"sequence"`` (mean/var over the ``C_i`` of the scorable rows that have at least one valid token).
-            With ``"token"`` an all-equal group is **not** 0 after whitening when lengths differ (methods.md F1.4:
-            it gets ``-mean_tok / std_tok``); with ``"sequence"`` and no NaN it is 0, as the ``C`` of every group
+            With ``"token"`` an all-equal group is **not** 0 after whitening when lengths differ (it gets ``-mean_tok / std_tok``); with ``"sequence"`` and no NaN it is 0, as the ``C`` of every group
             sum to 0.
         singleton: centred value of a row with no scorable sibling (``G = 1`` or all siblings NaN), before
             whitening. ``"zero"`` (default): ``C = 0`` (the mean of one value is itself; OpenRLHF's

@@ -17,7 +17,7 @@ def remax_advantages(rewards: torch.Tensor, greedy_rewards_P: torch.Tensor,
     Li et al. 2023, "ReMax: A Simple, Effective, and Efficient Reinforcement Learning Method for Aligning Large
     Language Models" (arXiv 2310.10505): the gradient estimate
     ``sum_t grad log pi(a_t | x, a_<t) * (r(x, a) - r(x, a_greedy))`` of the official code (``liziniu/ReMax``,
-    ``remax_trainer.py``; equation number not checked: only the abstract was available, see methods.md F1.2).
+    ``remax_trainer.py``; equation number not checked: only the abstract was available to us).
     The greedy completion is used only for its reward (it is not trained on). verl:
     ``verl/trainer/ppo/core_algos.py::compute_remax_outcome_advantage`` (``reward_baselines`` = the greedy output's
     reward, repeated to the G rollouts of its prompt).

@@ -19,7 +19,7 @@ def rloo_advantages(rewards: torch.Tensor, group_size: Optional[int] = None, *,
     Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
     Feedback in LLMs" (arXiv 2402.14740; the REINFORCE Leave-One-Out estimator of Kool et al. 2019, "Buy 4 REINFORCE
     samples, get a baseline for free!"): each of the k samples uses the mean reward of the other k - 1 as its
-    baseline (equation number not checked: the paper text was not available, see methods.md F1.1). Equivalently
+    baseline (equation number not checked: the paper text was not available to us). Equivalently
     ``A = k / (k - 1) * (R - mean_g R)``, so the advantages of a group sum to 0. No std normalisation. verl:
     ``verl/trainer/ppo/core_algos.py::compute_rloo_outcome_advantage`` (per-uid loop) and
     ``compute_rloo_vectorized_outcome_advantage``; TRL 1.16: ``RLOOTrainer._generate_and_score_completions``.

@@ -48,7 +48,7 @@ class TrustWeighting(ObjectiveWeighting):
     1. If every ``a_i >= 0.9`` or every ``a_i <= 0.1`` (a saturated group): ``t_i = 0`` and ``d = 0``
        (the official code logs ``gamma = 0.5`` here).
     2. Otherwise, with ``aux_gate`` (default 0.2, official): ``t_i = 0`` where ``a_i < 0.2`` (the TRM is only queried
-       for ``a_i >= 0.2``; ``needs_aux`` gives that mask). ``aux_gate=None`` disables this.
+       for ``a_i >= 0.2``). ``aux_gate=None`` disables this.
     3. ``correct = a_i >= 0.5``; ``mu_c = mean(t | correct)``, ``mu_w = mean(t | not correct)`` (0 if empty).
     4. Annealing: ``d = alpha * exp(-s / T)`` (``alpha = 0.3``, ``T = 500`` = ``worker.reward.alpha``).
     5. Trust: if ``mu_c < mu_w`` the auxiliary reward is untrusted and ``d *= exp(mu_c - mu_w)`` -- except when no
@@ -106,22 +106,6 @@ class TrustWeighting(ObjectiveWeighting):
 
     def _saturated(self, a: torch.Tensor) -> bool:
         return bool((a >= self.saturation_high).all() or (a <= self.saturation_low).all())
-
-    def needs_aux(self, outcome_scores: Any, group_ids: Any = None) -> torch.Tensor:
-        """Bool mask of the rollouts whose auxiliary score the official code would query: rollouts in
-        non-saturated groups with ``a_i >= aux_gate`` (all of a non-saturated group when ``aux_gate`` is None).
-        A helper for callers that score the auxiliary reward lazily; :class:`TrustStrategy` scores every rollout
-        (``combine`` applies the same gate) and does not use it."""
-        a = _vec("outcome_scores", outcome_scores)
-        gids = self._group_ids(group_ids, a.numel())
-        mask = torch.zeros(a.numel(), dtype=torch.bool)
-        for g in torch.unique(gids):
-            idx = (gids == g).nonzero(as_tuple=True)[0]
-            if self._saturated(a[idx]):
-                continue
-            sel = a[idx] >= self.aux_gate if self.aux_gate is not None else torch.ones(idx.numel(), dtype=torch.bool)
-            mask[idx] = sel
-        return mask
 
     def _group(self, a: torch.Tensor, t: torch.Tensor, step: float) -> Tuple[float, float, torch.Tensor, Dict[str, Any]]:
         if a.numel() == 0:
