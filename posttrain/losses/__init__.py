@@ -19,6 +19,7 @@ from .kl import KL_ESTIMATORS, kl_divergence
 from .logprobs import selective_logprobs_and_entropy
 from .policy import AGGREGATIONS, policy_loss
 from .preference import DPO_LOSS_TYPES, dpo_loss, rpo_nll_term
+from .weighted_preference import weighted_preference_loss
 
 __all__ = [
     "AGGREGATIONS",
@@ -30,4 +31,5 @@ __all__ = [
     "policy_loss",
     "rpo_nll_term",
     "selective_logprobs_and_entropy",
+    "weighted_preference_loss",
 ]
