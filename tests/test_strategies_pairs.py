@@ -406,3 +406,20 @@ def test_trainer_one_line_errors_for_user_strategies(tiny, tmp_path):
     with pytest.raises(RuntimeError) as err:
         _batch_loss(failing)
     assert str(err.value) == "pair strategy 'FailingBeta' failed in batch_beta: no beta today"
+
+
+def test_trainer_state_per_strategy_and_pre_protocol_checkpoints(tiny, tmp_path):
+    from test_trainer_dpo import _pairs
+
+    tr = _dpo(tiny, tmp_path, _pairs(margin=[0.0, 1.0, 2.0, 3.0]), ["madpo", {"name": "beta_dpo", "rho": 0.5}])
+    tr.pair_strategies[1].load_state_dict({"gap_mean": 0.5, "gap_std": 0.25, "num_updates": 3})
+    state = tr.posttrain_state()
+    assert state["strategies"] == {"0:madpo": {}, "1:beta_dpo": {"gap_mean": 0.5, "gap_std": 0.25, "num_updates": 3}}
+    assert set(state["generators"]) == {"train", "eval"}
+    fresh = _dpo(tiny, tmp_path, _pairs(margin=[0.0, 1.0, 2.0, 3.0]), ["madpo", {"name": "beta_dpo", "rho": 0.5}])
+    fresh.load_posttrain_state(state)
+    assert fresh.pair_strategies[1].state_dict() == state["strategies"]["1:beta_dpo"]
+    # a checkpoint written before the protocol keeps beta-DPO's EMA under 'gap_strategy'
+    old = _dpo(tiny, tmp_path, _pairs(), [{"name": "beta_dpo"}])
+    old.load_posttrain_state({"gap_strategy": {"gap_mean": -1.0, "gap_std": 2.0, "num_updates": 7}})
+    assert old.pair_strategies[0].state_dict() == {"gap_mean": -1.0, "gap_std": 2.0, "num_updates": 7}

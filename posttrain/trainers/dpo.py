@@ -42,6 +42,10 @@ _COLUMN_HINTS = {"margin": " (r(chosen) - r(rejected)); use algorithm 'reward_mo
 StrategyFailed = getattr(errors, "StrategyFailed", RuntimeError)
 
 
+def _label(strategy: Strategy) -> str:
+    return strategy.name or type(strategy).__name__
+
+
 class PairColumnsCollator:
     """Wraps TRL's preference collator: also returns the per-pair ``weight`` / ``margin`` columns as float tensors
     (TRL's collator keeps only the token ids and reference log-probs)."""
@@ -70,13 +74,12 @@ class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
 
     def __init__(self, *args, pair_strategies: Sequence[Any] = (), max_nonfinite_steps: int = 3,
                  diagnostics_dir=None, **kwargs):
-        train_args = kwargs.get("args")
-        max_steps = getattr(train_args, "max_steps", -1)
+        max_steps = getattr(kwargs.get("args"), "max_steps", -1)
         env = StrategyEnv(max_steps=max_steps if max_steps and max_steps > 0 else None,
                           has_eval_data=kwargs.get("eval_dataset") is not None)
         try:  # bad names / arguments / two batch betas: one line now, not a traceback mid-training
             self.pair_strategies: List[Strategy] = build_pair_strategies(
-                getattr(pair_strategies, "strategies", pair_strategies), env)
+                getattr(pair_strategies, "strategies", pair_strategies), env)  # (or a pair_specs.PairWeighting)
             self._weighters, self._beta_strategy = split_pair_strategies(self.pair_strategies)
         except (RegistryError, StrategyError, TypeError, ValueError) as exc:
             raise UserError(f"weighting.pairs.{exc}") from None
@@ -172,8 +175,7 @@ class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
             return getattr(strategy, hook)(ctx)
         except Exception as exc:  # noqa: BLE001 - any failure of a strategy's code is reported in one line
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StrategyFailed(f"pair strategy '{strategy.name or type(strategy).__name__}' failed in {hook}: "
-                                 f"{msg}") from exc
+            raise StrategyFailed(f"pair strategy '{_label(strategy)}' failed in {hook}: {msg}") from exc
 
     def _weighted_loss(self, inputs, policy_tok, ref_tok, columns) -> torch.Tensor:
         mode = "train" if self.model.training else "eval"
@@ -201,8 +203,8 @@ class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
             for strategy in self._weighters:
                 w = torch.as_tensor(self._call_hook(strategy, "pair_weights", ctx))
                 if w.shape != (n,):
-                    raise StrategyFailed(f"pair strategy '{strategy.name or type(strategy).__name__}' returned "
-                                         f"weights of shape {tuple(w.shape)} from pair_weights, expected [{n}]")
+                    raise StrategyFailed(f"pair strategy '{_label(strategy)}' returned weights of shape "
+                                         f"{tuple(w.shape)} from pair_weights, expected [{n}]")
                 strategy_weights = strategy_weights * w.to(weights)
             weights = weights * strategy_weights.detach()
         if "margin" in columns:
@@ -235,7 +237,7 @@ class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
     def posttrain_state(self) -> Dict[str, Any]:
         state = super().posttrain_state()
         state["generators"] = {m: g.get_state() for m, g in self._pair_generators.items()}
-        state["strategies"] = {self._state_key(i, s): s.state_dict() for i, s in enumerate(self.pair_strategies)}
+        state["strategies"] = {f"{i}:{_label(s)}": s.state_dict() for i, s in enumerate(self.pair_strategies)}
         return state
 
     def load_posttrain_state(self, state: Dict[str, Any]) -> None:
@@ -246,11 +248,7 @@ class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
                 self._pair_generators[m].set_state(s)
         saved = state.get("strategies", {})
         for i, strategy in enumerate(self.pair_strategies):
-            if self._state_key(i, strategy) in saved:
-                strategy.load_state_dict(saved[self._state_key(i, strategy)])
+            if f"{i}:{_label(strategy)}" in saved:
+                strategy.load_state_dict(saved[f"{i}:{_label(strategy)}"])
         if "gap_strategy" in state and self._beta_strategy is not None and not saved:  # pre-protocol checkpoints
             self._beta_strategy.load_state_dict(state["gap_strategy"])
-
-    @staticmethod
-    def _state_key(index: int, strategy: Strategy) -> str:
-        return f"{index}:{strategy.name or type(strategy).__name__}"
