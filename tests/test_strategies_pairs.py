@@ -147,6 +147,16 @@ def test_beta_dpo_needs_equal_local_batches():
         s.batch_beta(ctx)
 
 
+def test_beta_dpo_warns_when_it_would_do_nothing():
+    from posttrain.weighting.protocol import strategy_warnings
+
+    quiet = build_strategy("pair", {"name": "beta_dpo", "alpha": 0.0})  # filtering only: the official default
+    assert strategy_warnings([quiet, build_strategy("pair", {"name": "madpo"})]) == []
+    idle = build_strategy("pair", {"name": "beta_dpo", "alpha": 0.0, "rho": 0.0})
+    assert strategy_warnings([idle]) == ["beta_dpo: alpha 0 and rho 0 disable both the dynamic beta and the filter: "
+                                         "this is plain DPO with beta = beta0 = 0.1"]
+
+
 def test_beta_dpo_state_round_trip():
     s = build_strategy("pair", {"name": "beta_dpo", "rho": 0.5})
     for step in range(3):

@@ -11,7 +11,7 @@ the batch beta), ``trainers.py::BasicTrainer.get_batch_metrics`` (order of opera
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from pydantic import Field
@@ -274,6 +274,13 @@ class BetaDPOStrategy(Strategy):
         super().__init__(config, env)
         c = self.config
         self.beta_dpo = BetaDPO(beta0=c.beta0, alpha=c.alpha, rho=c.rho, gamma=c.gamma, min_std=c.min_std)
+
+    @classmethod
+    def warnings(cls, config: BetaDPOConfig, env) -> List[str]:
+        if config.alpha == 0 and config.rho == 0:
+            return [f"alpha 0 and rho 0 disable both the dynamic beta and the filter: this is plain DPO with "
+                    f"beta = beta0 = {config.beta0}"]
+        return []
 
     def batch_beta(self, ctx: PairContext) -> Tuple[torch.Tensor, float]:
         gaps = ctx.implicit_reward_gaps_B
