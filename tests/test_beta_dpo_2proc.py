@@ -2,7 +2,6 @@
 batch beta, and their keep masks are the two halves of the single-process mask on the concatenated batch."""
 import os
 import socket
-import types
 
 import pytest
 import torch
@@ -23,18 +22,21 @@ def _worker(rank, port, out_dir):
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
     from accelerate import Accelerator
 
-    from posttrain.trainers.dpo import AdaptiveDPOTrainer
-    from posttrain.weighting.pair_specs import build_pair_weighting
+    from posttrain.weighting.protocol import PairContext, build_strategy
 
     acc = Accelerator(cpu=True)
     assert acc.num_processes == 2
-    fake = types.SimpleNamespace(accelerator=acc, pair_weighting=build_pair_weighting([{"name": "beta_dpo", "rho": 0.5}]),
-                                 _pair_generators={"train": torch.Generator().manual_seed(SEED)})
+    # the strategy's hook with the services the trainer hands it (accelerate's gather, the rank-synchronised generator)
+    strategy = build_strategy("pair", {"name": "beta_dpo", "rho": 0.5})
+    generator = torch.Generator().manual_seed(SEED)
     out = []
     for step in range(STEPS):
         local = _gaps(step)[rank * N:(rank + 1) * N]
-        keep, beta, _ = AdaptiveDPOTrainer._gap_strategy_step(fake, local, "train")
-        out.append((keep, beta, fake.pair_weighting.gap_strategy.state_dict()))
+        zeros = torch.zeros(N)  # implicit-reward gap = policy_chosen - 0 - (0 - 0) = local
+        ctx = PairContext(local, zeros, zeros, zeros, beta=0.1, mode="train", generator=generator,
+                          process_index=acc.process_index, num_processes=acc.num_processes, all_gather=acc.gather)
+        keep, beta = strategy.batch_beta(ctx)
+        out.append((keep, beta, strategy.state_dict()))
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     acc.wait_for_everyone()
 

@@ -142,14 +142,14 @@ def test_beta_dpo_adapts_beta_filters_and_checkpoints(tiny, tmp_path):
     # step 1: policy == reference, all gaps 0, beta = beta0; step 2: the policy moved, beta differs from beta0
     assert logs[0]["pairs/beta"] == pytest.approx(0.1)
     assert abs(logs[1]["pairs/beta"] - 0.1) > 1e-6
-    strategy = tr.pair_weighting.gap_strategy
+    strategy = tr.pair_strategies[0].beta_dpo
     assert strategy.num_updates == 2 and strategy.gap_std > 0
     saved = torch.load(out / "checkpoint-2" / STATE_FILE, weights_only=True)
-    assert saved["gap_strategy"] == strategy.state_dict()
+    assert saved["strategies"]["0:beta_dpo"] == strategy.state_dict()
     assert (out / "checkpoint-2" / COMPLETE_MARKER).exists()
     # resume from checkpoint-1: the EMA continues from the saved state (1 update) instead of restarting at 0
-    assert torch.load(out / "checkpoint-1" / STATE_FILE, weights_only=True)["gap_strategy"]["num_updates"] == 1
+    assert torch.load(out / "checkpoint-1" / STATE_FILE, weights_only=True)["strategies"]["0:beta_dpo"]["num_updates"] == 1
     resumed = _trainer(tiny, out, _pairs(), pair_strategies=strategies, max_steps=2, learning_rate=5e-3)
     resumed.train(resume_from_checkpoint=os.path.join(out, "checkpoint-1"))
-    assert resumed.pair_weighting.gap_strategy.num_updates == 2
-    assert resumed.pair_weighting.gap_strategy.gap_mean == pytest.approx(strategy.gap_mean, rel=1e-4)
+    assert resumed.pair_strategies[0].beta_dpo.num_updates == 2
+    assert resumed.pair_strategies[0].beta_dpo.gap_mean == pytest.approx(strategy.gap_mean, rel=1e-4)

@@ -39,6 +39,7 @@ from .policy import (
     vllm_importance_sampling_ratio,
 )
 from .preference import DPO_LOSS_TYPES, dpo_loss, rpo_nll_term
+from .weighted_preference import weighted_preference_loss
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -66,4 +67,5 @@ __all__ = [
     "trl_scaled_loss",
     "vespo_gamma_weights",
     "vllm_importance_sampling_ratio",
+    "weighted_preference_loss",
 ]

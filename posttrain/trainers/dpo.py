@@ -1,17 +1,16 @@
 """Our DPO trainer: a subclass of TRL 1.16's ``DPOTrainer`` with per-pair weights.  Glue only.
 
-Where the weights enter a step (design.md; formulas in ``posttrain.weighting.pairs`` and ``posttrain.losses``):
+Where the weights enter a step (formulas in ``posttrain.weighting.pairs`` and ``posttrain.losses``): per
+micro-batch the trainer builds a :class:`~posttrain.weighting.protocol.PairContext` (sequence log-probs of policy
+and reference, the data columns, the rank-synchronised generator, all-gather and log services) and calls
 
-* a per-pair ``weight`` column of the data, and/or margin strategies (``weighting.pairs: [{name: madpo}]``, MADPO,
-  arXiv 2510.05342, D12) on a ``margin`` column, give weights ``w_i`` multiplying the per-pair losses;
-* a gap strategy (``beta_dpo``, beta-DPO, Wu et al. NeurIPS 2024, D13) sees the implicit-reward gaps of the batch --
-  all-gathered across processes, as the official code does -- updates its EMA (training only), draws the
-  Gaussian-weighted keep mask and sets the batch beta;
-* the loss is ``sum_i w_i keep_i l_i(beta_b) / max(sum_i keep_i, 1)`` (:func:`posttrain.losses.dpo_loss`): TRL's
-  plain mean when nothing is filtered (MADPO's weights are not renormalised), beta-DPO's masked mean otherwise;
-* RPO's SFT term is TRL's own: ``train.loss_type: [sigmoid, sft]`` with ``loss_weights: [1, alpha]``
-  (TRL 1.16 has no ``rpo_alpha`` any more; the ``sft`` loss type is its replacement). On our weighted path it is
-  :func:`posttrain.losses.rpo_nll_term`, the same token-mean NLL over all chosen tokens, unweighted and unfiltered.
+* every pair strategy implementing ``pair_weights`` (``madpo``, MADPO, arXiv 2510.05342, on a ``margin`` column):
+  their weights multiply, with a per-pair ``weight`` column of the data, into ``w_i``;
+* at most one implementing ``batch_beta`` (``beta_dpo``, beta-DPO, Wu et al. NeurIPS 2024): keep mask and batch
+  beta from the implicit-reward gaps (the strategy all-gathers them, as the official code does);
+* :func:`posttrain.losses.weighted_preference_loss`: ``sum_i w_i keep_i l_i(beta_b) / max(sum_i keep_i, 1)`` per
+  TRL loss type (IPO length-normalised) plus RPO's SFT term (``train.loss_type: [sigmoid, sft]``, see
+  :mod:`posttrain.weighting.pairs.rpo`), unweighted and unfiltered.
 
 With no weight column and no strategy the loss is TRL's ``_compute_loss`` untouched. Otherwise TRL's
 ``_compute_loss`` still runs (so all of TRL's metrics are logged as usual; its ``rewards/*`` use the base beta, as
@@ -26,14 +25,25 @@ from typing import Any, Dict, List, Sequence
 import torch
 from trl import DPOTrainer
 
+from posttrain import errors
 from posttrain.errors import UserError
-from posttrain.losses import dpo_loss, rpo_nll_term
+from posttrain.losses import weighted_preference_loss
+from posttrain.registry import RegistryError
 from posttrain.trainers.checkpointing import CheckpointStateMixin
 from posttrain.trainers.guards import GuardedTrainerMixin
-from posttrain.weighting.pair_specs import PairWeighting, build_pair_weighting, dry_run_pair_specs
+from posttrain.weighting.pairs import build_pair_strategies, required_columns, split_pair_strategies
+from posttrain.weighting.pair_specs import PairWeighting
+from posttrain.weighting.protocol import PairContext, Strategy, StrategyEnv, StrategyError
 
 PAIR_COLUMNS = ("weight", "margin")
 _OUR_LOSS_TYPES = {"sigmoid", "ipo", "hinge", "robust"}
+_COLUMN_HINTS = {"margin": " (r(chosen) - r(rejected)); use algorithm 'reward_model+dpo' to compute it"}
+#: raised when a strategy's hook fails (``posttrain.errors.StrategyFailed`` once it exists)
+StrategyFailed = getattr(errors, "StrategyFailed", RuntimeError)
+
+
+def _label(strategy: Strategy) -> str:
+    return strategy.name or type(strategy).__name__
 
 
 class PairColumnsCollator:
@@ -55,37 +65,46 @@ class PairColumnsCollator:
 
 
 class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
-    """TRL's DPO plus per-pair weights (``weight`` column, MADPO margins, beta-DPO). Exactly TRL's DPO without them.
+    """TRL's DPO plus per-pair weights (``weight`` column, pair strategies). Exactly TRL's DPO without them.
 
-    Args (besides ``DPOTrainer``'s): ``pair_strategies`` -- ``[{"name": "madpo", "tau": 2.0}, {"name": "beta_dpo"}]``
-    (the recipe's ``weighting.pairs``) or a built :class:`~posttrain.weighting.pair_specs.PairWeighting`.
+    Args (besides ``DPOTrainer``'s): ``pair_strategies`` -- the recipe's ``weighting.pairs`` specs
+    (``[{"name": "madpo", "tau": 2.0}, {"name": "beta_dpo"}]``, import paths ``pkg.mod:Class``) and/or built
+    :class:`~posttrain.weighting.protocol.Strategy` instances of kind ``pair``.
     """
 
-    def __init__(self, *args, pair_strategies: Sequence[Dict[str, Any]] | PairWeighting = (),
-                 max_nonfinite_steps: int = 3, diagnostics_dir=None, **kwargs):
-        if isinstance(pair_strategies, PairWeighting):
-            self.pair_weighting = pair_strategies
-        else:
-            try:
-                specs = [dict(s) for s in pair_strategies]
-                dry_run_pair_specs(specs)  # bad argument values: one line now, not a traceback mid-training
-                self.pair_weighting = build_pair_weighting(specs)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise UserError(f"weighting.pairs.{exc}") from None
+    def __init__(self, *args, pair_strategies: Sequence[Any] = (), max_nonfinite_steps: int = 3,
+                 diagnostics_dir=None, **kwargs):
+        max_steps = getattr(kwargs.get("args"), "max_steps", -1)
+        env = StrategyEnv(max_steps=max_steps if max_steps and max_steps > 0 else None,
+                          has_eval_data=kwargs.get("eval_dataset") is not None)
+        try:  # bad names / arguments / two batch betas: one line now, not a traceback mid-training
+            self.pair_strategies: List[Strategy] = build_pair_strategies(
+                getattr(pair_strategies, "strategies", pair_strategies), env)  # (or a pair_specs.PairWeighting)
+            self._weighters, self._beta_strategy = split_pair_strategies(self.pair_strategies)
+        except (RegistryError, StrategyError, TypeError, ValueError) as exc:
+            raise UserError(f"weighting.pairs.{exc}") from None
+        needed = required_columns(self.pair_strategies)
+        self._pair_columns = tuple(dict.fromkeys([*PAIR_COLUMNS, *(col for col, _ in needed)]))
         super().__init__(*args, **kwargs)
         self._install_guard(max_nonfinite_steps, diagnostics_dir)
-        self.data_collator = PairColumnsCollator(self.data_collator)
+        self.data_collator = PairColumnsCollator(self.data_collator, self._pair_columns)
         columns = set(getattr(self.train_dataset, "column_names", None) or ())
-        if self.pair_weighting.needs_margins and "margin" not in columns:
-            raise UserError("weighting.pairs: a margin strategy (e.g. madpo) needs a 'margin' column in data.train "
-                            "(r(chosen) - r(rejected)); use algorithm 'reward_model+dpo' to compute it")
-        self._weighted = self.pair_weighting.active or "weight" in columns
+        for col, name in needed:
+            if col not in columns:
+                raise UserError(f"weighting.pairs: {name} needs a '{col}' column in data.train"
+                                + _COLUMN_HINTS.get(col, ""))
+        self._weighted = bool(self.pair_strategies) or "weight" in columns
         if self._weighted:
             self._check_weighting_supported()
-        # beta-DPO's draws: one generator per mode, seeded identically on every rank so that all ranks draw the same
+        # batch_beta draws: one generator per mode, seeded identically on every rank so that all ranks draw the same
         # global keep mask; evaluation has its own so that evaluating does not change the training draws.
         self._pair_generators = {m: torch.Generator().manual_seed(int(self.args.seed) + k)
                                  for k, m in enumerate(("train", "eval"))}
+
+    @property
+    def pair_weighting(self) -> PairWeighting:
+        """The pre-protocol view (``margin_weights``, ``gap_strategy``) of :attr:`pair_strategies`."""
+        return PairWeighting(self.pair_strategies)
 
     # ------------------------------------------------------------------ set-up
     def _check_weighting_supported(self) -> None:
@@ -111,7 +130,7 @@ class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
         # remove_unused_columns would drop our columns before the collator sees them
         super()._set_signature_columns_if_needed()
         if not self._is_vision_dataset:
-            self._signature_columns = list(self._signature_columns) + [c for c in PAIR_COLUMNS
+            self._signature_columns = list(self._signature_columns) + [c for c in self._pair_columns
                                                                        if c not in self._signature_columns]
 
     # ------------------------------------------------------------------ loss
@@ -139,7 +158,7 @@ class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
 
     def _compute_loss(self, model, inputs, return_outputs):
         inputs = dict(inputs)
-        columns = {c: inputs.pop(c) for c in PAIR_COLUMNS if c in inputs}  # not model inputs
+        columns = {c: inputs.pop(c) for c in self._pair_columns if c in inputs}  # not model inputs
         if not self._weighted:
             return super()._compute_loss(model, inputs, return_outputs)
         with self._record_log_probs(model) as records:
@@ -151,47 +170,43 @@ class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
         loss = self._weighted_loss(inputs, records[0], ref_tok, columns)
         return (loss, result[1]) if return_outputs else loss
 
-    def _gap_strategy_step(self, gaps: torch.Tensor, mode: str):
-        """beta-DPO on this process's gaps ``[n]``: all-gather them (the official code's scope), update the EMA
-        (training only), draw the global keep mask with the rank-synchronised generator, take this rank's slice.
-        Returns ``(keep [n] bool, batch beta float, metrics)``."""
-        strategy = self.pair_weighting.gap_strategy
-        n = gaps.numel()
-        all_gaps = self.accelerator.gather(gaps)
-        if all_gaps.numel() != n * self.accelerator.num_processes:
-            raise RuntimeError("beta-DPO needs equal local batch sizes on every process")
-        if mode == "train":
-            strategy.update(all_gaps)
-        all_keep = strategy.keep_mask(all_gaps.cpu(), generator=self._pair_generators[mode]).to(gaps.device)
-        beta = float(strategy.beta(all_gaps, all_keep))
-        rank = self.accelerator.process_index
-        metrics = {"pairs/kept_fraction": all_keep.float().mean().item(),
-                   "pairs/gap_ema_mean": float(strategy.gap_mean), "pairs/gap_ema_std": float(strategy.gap_std)}
-        return all_keep[rank * n:(rank + 1) * n], beta, metrics
+    def _call_hook(self, strategy: Strategy, hook: str, ctx: PairContext):
+        try:
+            return getattr(strategy, hook)(ctx)
+        except Exception as exc:  # noqa: BLE001 - any failure of a strategy's code is reported in one line
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StrategyFailed(f"pair strategy '{_label(strategy)}' failed in {hook}: {msg}") from exc
 
     def _weighted_loss(self, inputs, policy_tok, ref_tok, columns) -> torch.Tensor:
         mode = "train" if self.model.training else "eval"
         completion_mask = inputs["completion_mask"]
         shift_mask = completion_mask[..., 1:]
-        seq_len = shift_mask.size(1)
-        policy_tok = policy_tok[:, -seq_len:]
+        policy_tok = policy_tok[:, -shift_mask.size(1):]
         chosen, rejected = policy_tok.sum(dim=1).chunk(2, dim=0)  # as TRL: labels -100 give log-prob 0
         if ref_tok is None:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
-            ref_chosen, ref_rejected = ref_tok[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
+            ref_chosen, ref_rejected = ref_tok[:, -shift_mask.size(1):].sum(dim=1).chunk(2, dim=0)
         n = chosen.size(0)
         metrics: Dict[str, float] = {}
+        ctx = PairContext(chosen, rejected, ref_chosen, ref_rejected, beta=self.beta,
+                          columns={c: v.to(chosen) for c, v in columns.items()}, step=self.state.global_step,
+                          mode=mode, generator=self._pair_generators[mode],
+                          process_index=self.accelerator.process_index, num_processes=self.accelerator.num_processes,
+                          all_gather=self.accelerator.gather, log=metrics.__setitem__)
 
         weights = torch.ones(n, dtype=chosen.dtype, device=chosen.device)
         if "weight" in columns:
             weights = weights * columns["weight"].to(weights)
-        if self.pair_weighting.needs_margins:
-            margins = columns["margin"].to(weights)
-            try:
-                weights = weights * self.pair_weighting.margin_weights(margins).to(weights)
-            except ValueError as exc:
-                raise ValueError(f"weighting.pairs: {exc}") from None
+        if self._weighters:
+            strategy_weights = torch.ones_like(weights)
+            for strategy in self._weighters:
+                w = torch.as_tensor(self._call_hook(strategy, "pair_weights", ctx))
+                if w.shape != (n,):
+                    raise StrategyFailed(f"pair strategy '{_label(strategy)}' returned weights of shape "
+                                         f"{tuple(w.shape)} from pair_weights, expected [{n}]")
+                strategy_weights = strategy_weights * w.to(weights)
+            weights = weights * strategy_weights.detach()
         if "margin" in columns:
             all_margins = self.accelerator.gather(columns["margin"].to(weights.device))
             metrics["pairs/margin_mean"] = all_margins.mean().item()
@@ -200,30 +215,20 @@ class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
         metrics.update({"pairs/weight_mean": all_w.mean().item(), "pairs/weight_min": all_w.min().item(),
                         "pairs/weight_max": all_w.max().item()})
 
-        keep = torch.ones(n, dtype=torch.bool, device=chosen.device)
-        beta = self.beta
-        if self.pair_weighting.gap_strategy is not None:
-            gaps = ((chosen - ref_chosen) - (rejected - ref_rejected)).detach()
-            keep, beta, gap_metrics = self._gap_strategy_step(gaps, mode)
-            metrics.update(gap_metrics)
+        keep, beta = torch.ones(n, dtype=torch.bool, device=chosen.device), self.beta
+        if self._beta_strategy is not None:
+            keep, beta = self._call_hook(self._beta_strategy, "batch_beta", ctx)
+            keep = torch.as_tensor(keep, device=chosen.device).bool()
         metrics["pairs/beta"] = float(beta)
 
-        pair_weights = weights * keep.to(weights.dtype)
-        denom = keep.sum().clamp(min=1).to(chosen.dtype)
-        loss = chosen.new_zeros(())
-        for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
-            if loss_type == "sft":
-                chosen_tok, _ = policy_tok.chunk(2, dim=0)
-                chosen_mask, _ = shift_mask.chunk(2, dim=0)
-                loss = loss + loss_weight * rpo_nll_term(chosen_tok, chosen_mask)
-                continue
-            pc, pr, rc, rr = chosen, rejected, ref_chosen, ref_rejected
-            if loss_type == "ipo":  # length-normalised log-ratios, as TRL (see dpo_loss)
-                len_c, len_r = completion_mask.sum(dim=1).clamp(min=1.0).chunk(2, dim=0)
-                pc, rc, pr, rr = pc / len_c, rc / len_c, pr / len_r, rr / len_r
-            losses, _, _ = dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type, weights=pair_weights,
-                                    label_smoothing=self.label_smoothing if loss_type == "robust" else 0.0)
-            loss = loss + loss_weight * losses.sum() / denom
+        chosen_tok, _ = policy_tok.chunk(2, dim=0)
+        chosen_mask, _ = shift_mask.chunk(2, dim=0)
+        len_chosen, len_rejected = completion_mask.sum(dim=1).chunk(2, dim=0)
+        loss = weighted_preference_loss(
+            chosen, rejected, ref_chosen, ref_rejected, beta=float(beta), loss_types=self.loss_types,
+            loss_weights=self.loss_weights, weights=weights, keep=keep, chosen_lengths=len_chosen,
+            rejected_lengths=len_rejected, chosen_token_logps=chosen_tok, chosen_mask=chosen_mask,
+            label_smoothing=self.label_smoothing)
         for k, v in metrics.items():
             self._metrics[mode][k].append(v)
         return loss
@@ -232,15 +237,18 @@ class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
     def posttrain_state(self) -> Dict[str, Any]:
         state = super().posttrain_state()
         state["generators"] = {m: g.get_state() for m, g in self._pair_generators.items()}
-        if self.pair_weighting.gap_strategy is not None:
-            state["gap_strategy"] = self.pair_weighting.gap_strategy.state_dict()
+        state["strategies"] = {f"{i}:{_label(s)}": s.state_dict() for i, s in enumerate(self.pair_strategies)}
         return state
 
     def load_posttrain_state(self, state: Dict[str, Any]) -> None:
-        """Restore beta-DPO's EMA and the draw generators (called on resume with the checkpoint's state)."""
+        """Restore the strategies' state (beta-DPO's EMA) and the draw generators (on resume)."""
         super().load_posttrain_state(state)
         for m, s in state.get("generators", {}).items():
             if m in self._pair_generators:
                 self._pair_generators[m].set_state(s)
-        if "gap_strategy" in state and self.pair_weighting.gap_strategy is not None:
-            self.pair_weighting.gap_strategy.load_state_dict(state["gap_strategy"])
+        saved = state.get("strategies", {})
+        for i, strategy in enumerate(self.pair_strategies):
+            if f"{i}:{_label(strategy)}" in saved:
+                strategy.load_state_dict(saved[f"{i}:{_label(strategy)}"])
+        if "gap_strategy" in state and self._beta_strategy is not None and not saved:  # pre-protocol checkpoints
+            self._beta_strategy.load_state_dict(state["gap_strategy"])

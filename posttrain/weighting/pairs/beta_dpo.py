@@ -1,48 +1,30 @@
-"""Per-pair weights for DPO-family losses (torch only; never imports TRL or transformers).
+"""beta-DPO: Direct Preference Optimization with Dynamic beta (Wu et al., NeurIPS 2024, arXiv 2407.08639).
 
-Implemented here (specs: ``methods.md`` D12-D14, user guide ``docs/weighting_pairs_sequences.md``):
+Official code ``junkangwu/beta-DPO``: ``trainers.py::BasicTrainer.update_and_sync_tensor_mean`` (the EMA of the
+gap statistics), ``trainers.py::preference_loss`` (branch ``mode_loss == "beta_DPO"``: beta-guided filtering and
+the batch beta), ``trainers.py::BasicTrainer.get_batch_metrics`` (order of operations, all-gather of the gaps).
 
-* :func:`madpo_weights` / :func:`madpo_coefficient` -- MADPO, Margin-Adaptive DPO (arXiv 2510.05342),
-  official code ``sirano1004/Margin-Apative-Direct-Preference-Optimization``, ``utils/loss_functions.py::MADPOLoss``.
-* :class:`BetaDPO` -- beta-DPO, DPO with dynamic beta (Wu et al., NeurIPS 2024, arXiv 2407.08639),
-  official code ``junkangwu/beta-DPO``, ``trainers.py::preference_loss`` / ``update_and_sync_tensor_mean``.
-* RPO (Liu et al., arXiv 2405.16436) needs no weight: its SFT term is added by the loss/trainer. How it composes
-  (TRL ``rpo_alpha`` token-mean NLL vs the paper's sequence-sum form) is documented in the user guide.
-
-House rules: every returned weight is detached; any finite input gives finite output; a non-finite input raises
-``ValueError`` naming the argument. Batch statistics are computed over exactly the tensors handed in -- the trainer
-decides the scope (local batch or all-gathered across processes).
+* :class:`BetaDPO` -- the pure math and its state (EMA of the implicit-reward gap's mean and std).
+* :class:`BetaDPOStrategy` -- the ``pair`` strategy ``beta_dpo``: hook ``batch_beta(ctx)`` runs the official
+  per-batch order on the gaps of *every* process (all-gathered, the official scope) and returns this process's
+  slice of the global keep mask and the batch beta.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
+from pydantic import Field
 
-from posttrain.registry import Registry
 from posttrain.weighting._checks import as_float_tensor as _as_float_tensor
 from posttrain.weighting._checks import check_real as _check_real
+from posttrain.weighting.protocol import PairContext, Strategy, StrategyConfig, register_strategy
 
-__all__ = [
-    "madpo_coefficient",
-    "madpo_weights",
-    "BetaDPO",
-    "PAIR_STRATEGIES",
-]
+__all__ = ["BetaDPO", "BetaDPOConfig", "BetaDPOStrategy"]
 
-PAIR_STRATEGIES = Registry("pair weighting strategy")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# helpers
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _logsigmoid(x: torch.Tensor) -> torch.Tensor:
-    """``log sigmoid(x) = -softplus(-x)``; same values as ``F.logsigmoid`` (the linear branch above |x| = 50 is exact
-    to float64 precision) but much faster on CPU."""
-    return -F.softplus(-x, threshold=50.0)
+_CITE = ("beta-DPO, Wu et al., NeurIPS 2024, arXiv 2407.08639 (dynamic beta: beta_b = beta0 (1 + alpha "
+         "(mean_kept M - M0)); beta-guided filtering: p_i ~ exp(-(M_i - M0)^2 / (2 sigma^2))); junkangwu/beta-DPO "
+         "trainers.py::preference_loss, BasicTrainer.update_and_sync_tensor_mean")
 
 
 _F64_MAX = torch.finfo(torch.float64).max
@@ -53,95 +35,7 @@ def _saturate(v: float) -> float:
     return max(-_F64_MAX, min(_F64_MAX, v))
 
 
-def _validate_madpo(c_max: float, c_min: float, lam: float, tau: float) -> Tuple[float, float, float, float]:
-    c_max = _check_real("c_max", c_max)
-    c_min = _check_real("c_min", c_min)
-    lam = _check_real("lam", lam)
-    tau = _check_real("tau", tau)
-    if not (c_min < 1.0 < c_max):
-        raise ValueError(
-            f"MADPO needs c_min < 1 < c_max (got c_min={c_min}, c_max={c_max}); otherwise the factor "
-            f"(c_max - 1)/(1 - c_min) in c(m) is not positive and c(tau) = 1 no longer holds"
-        )
-    if lam <= 0:
-        raise ValueError(f"MADPO needs lam > 0 (got lam={lam})")
-    if tau <= 0:
-        raise ValueError(f"MADPO needs tau > 0 (got tau={tau})")
-    return c_max, c_min, lam, tau
 
-
-# ----------------------------------------------------------------------------------------------------------------------
-# MADPO (D12)
-# ----------------------------------------------------------------------------------------------------------------------
-def madpo_coefficient(
-    m: Any, *, c_max: float = 2.0, c_min: float = 0.5, lam: float = 1.0, tau: float = 2.0
-) -> torch.Tensor:
-    """MADPO margin coefficient ``c(m)``.
-
-    Paper: "Margin-Adaptive Direct Preference Optimization" (MADPO), arXiv 2510.05342. Official code:
-    ``sirano1004/Margin-Apative-Direct-Preference-Optimization``, ``utils/loss_functions.py::MADPOLoss.coef``::
-
-        c(m) = c_min + (c_max - c_min) / (1 + ((c_max - 1)/(1 - c_min)) * exp(lam * (m - tau)))
-
-    with ``m = |h|`` the absolute reward-model margin. Properties: ``c(tau) = 1`` (exactly 1.0 for the defaults,
-    to within one rounding otherwise); ``c -> c_min`` as ``m -> inf``; ``c(0)`` is below ``c_max``; decreasing in m.
-
-    Defaults are the official class defaults (c_max=2, c_min=0.5, lam=1, tau=2); the paper's notebook uses
-    ``tau = ln(0.999/0.001) ~= 6.907``. Requires ``c_min < 1 < c_max``, ``lam > 0``, ``tau > 0`` (``ValueError``
-    otherwise). Numerics: the formula is evaluated as in the official code, in float64; for huge ``m`` the exp
-    overflows to ``inf`` in the *denominator only*, which gives exactly ``c_min`` (never NaN); for very negative
-    arguments it underflows to 0, giving ``c_max``. Returns a detached tensor of ``m``'s shape and float dtype.
-    """
-    c_max, c_min, lam, tau = _validate_madpo(c_max, c_min, lam, tau)
-    m_t = _as_float_tensor("m", m)
-    k = (c_max - 1.0) / (1.0 - c_min)
-    x = m_t.to(torch.float64)
-    c = c_min + (c_max - c_min) / (1.0 + k * torch.exp(lam * (x - tau)))
-    return c.to(m_t.dtype)
-
-
-def madpo_weights(
-    margins: Any, *, c_max: float = 2.0, c_min: float = 0.5, lam: float = 1.0, tau: float = 2.0
-) -> torch.Tensor:
-    """MADPO per-pair weights (Margin-Adaptive DPO, arXiv 2510.05342, D12).
-
-    ``margins`` is ``h = r(y_w) - r(y_l)``: the frozen Bradley-Terry reward model's margin *toward the labelled
-    winner* (the official code computes ``h1 = r1 - r2`` and ``h2 = -h1`` and picks the one of the labelled choice).
-    Official code ``utils/loss_functions.py::MADPOLoss.forward``::
-
-        w = sigmoid(c(|h|) * h) / sigmoid(h)   if h > -tau
-        w = 1                                  if h <= -tau   (cap for strongly "mislabelled" pairs)
-
-    The loss is then ``mean_i w_i * (-log sigmoid(beta * (Delta_w - Delta_l)))`` -- a plain mean, weights are NOT
-    renormalised (pass them as ``weights=`` to ``dpo_loss``).
-
-    Behaviour: hard positive pairs (small ``h > 0``, ``c > 1``) get ``w > 1``; easy pairs (``h > tau``, ``c < 1``)
-    get ``w < 1`` (-> 1 as h -> inf); mildly negative ``h in (-tau, 0)`` gets ``w < 1``; ``w = 1`` at ``h = 0`` and
-    the cap is continuous at ``h = -tau`` because ``c(tau) = 1``. For ``h > 0`` the weight is bounded by 2.
-
-    Numerics: the sigmoid ratio is computed as ``exp(logsigmoid(c*h) - logsigmoid(h))`` in float64 (stable for any
-    finite margin, e.g. +-1e4). With a very large ``tau`` and ``h`` close to ``-tau`` the weight is genuinely tiny
-    (about ``exp(-(c-1)|h|)``) and can underflow to 0 -- still finite.
-
-    Args: ``margins`` any-shape finite tensor (or list); hyper-parameters as in :func:`madpo_coefficient`.
-    Returns: detached weights, same shape as ``margins``, float dtype of ``margins`` (float32 for integer input).
-    Raises ``ValueError`` for non-finite margins or invalid hyper-parameters.
-    """
-    c_max, c_min, lam, tau = _validate_madpo(c_max, c_min, lam, tau)
-    h_in = _as_float_tensor("margins", margins)
-    h = h_in.to(torch.float64)
-    c = madpo_coefficient(h.abs(), c_max=c_max, c_min=c_min, lam=lam, tau=tau)
-    ratio = torch.exp(_logsigmoid(c * h) - _logsigmoid(h))
-    w = torch.where(h > -tau, ratio, torch.ones_like(ratio))
-    return w.to(h_in.dtype).detach()
-
-
-PAIR_STRATEGIES.register("madpo", madpo_weights)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# beta-DPO (D13)
-# ----------------------------------------------------------------------------------------------------------------------
 class BetaDPO:
     """beta-DPO: dynamic batch beta + beta-guided data filtering (Wu et al., "beta-DPO: Direct Preference
     Optimization with Dynamic beta", NeurIPS 2024, arXiv 2407.08639).
@@ -329,4 +223,84 @@ class BetaDPO:
         )
 
 
-PAIR_STRATEGIES.register("beta_dpo", BetaDPO)
+# ----------------------------------------------------------------------------------------------------------- strategy
+class BetaDPOConfig(StrategyConfig):
+    """Arguments of the ``beta_dpo`` pair strategy (those of :class:`BetaDPO`)."""
+
+    beta0: float = Field(0.1, gt=0.0, allow_inf_nan=False, description=(
+        "Base beta0 of the batch beta beta_b = beta0 (1 + alpha (mean_kept M - M0)), clamped >= 1e-3. This "
+        "strategy's own value: it replaces train.beta in the loss (TRL's logged rewards keep train.beta). "
+        "Default 0.1, the official value (beta-DPO, Wu et al., arXiv 2407.08639, dynamic beta calibration; "
+        "junkangwu/beta-DPO trainers.py::preference_loss)"))
+    alpha: float = Field(0.6, allow_inf_nan=False, description=(
+        "Scale alpha of the beta adaptation; 0 disables it (the official config default a=0.0 does). Default 0.6, "
+        "the official README example (beta-DPO, arXiv 2407.08639, dynamic beta calibration; "
+        "junkangwu/beta-DPO trainers.py::preference_loss, config loss.a)"))
+    rho: float = Field(0.2, ge=0.0, lt=1.0, allow_inf_nan=False, description=(
+        "Fraction of pairs filtered out per batch: int(N (1 - rho)) pairs are kept, drawn without replacement "
+        "with p_i ~ exp(-(M_i - M0)^2 / (2 sigma^2)); 0 keeps every pair (no draw). Default 0.2 (beta-DPO, "
+        "arXiv 2407.08639, beta-guided data filtering; junkangwu/beta-DPO trainers.py::preference_loss, "
+        "mode_weight)"))
+    gamma: float = Field(0.9, ge=0.0, le=1.0, allow_inf_nan=False, description=(
+        "EMA decay of the gap mean M0 and std sigma, M0 <- gamma M0 + (1 - gamma) mean(M), updated on training "
+        "batches before the loss. Default 0.9, the official value (beta-DPO, arXiv 2407.08639; junkangwu/beta-DPO "
+        "trainers.py::BasicTrainer.update_and_sync_tensor_mean)"))
+    min_std: float = Field(1e-6, gt=0.0, allow_inf_nan=False, description=(
+        "Floor of sigma in the filter's Gaussian, max(sigma, min_std): a guard the official code lacks (all-equal "
+        "gaps, e.g. the first step with policy = reference, give sigma = 0 and a NaN draw there) (beta-DPO, "
+        "arXiv 2407.08639, beta-guided data filtering; junkangwu/beta-DPO trainers.py::preference_loss)"))
+
+
+@register_strategy("pair", "beta_dpo")
+class BetaDPOStrategy(Strategy):
+    """beta-DPO: per-batch beta from the implicit-reward gaps, and Gaussian-weighted filtering of outlier pairs
+    (Wu et al., NeurIPS 2024, arXiv 2407.08639).
+
+    Hook ``batch_beta(ctx)``: the gaps ``ctx.implicit_reward_gaps_B`` of this process are all-gathered with
+    ``ctx.all_gather`` (the official code's scope; every process must hold the same number of pairs); on training
+    batches (``ctx.mode == "train"``) the EMA is updated first; the global keep mask is drawn with
+    ``ctx.generator`` (seeded identically on every rank, so all ranks draw the same mask; evaluation batches use
+    their own generator and leave the EMA alone); the batch beta is computed from the kept gaps. Returns this
+    process's slice of the mask and the beta (a float); logs ``pairs/kept_fraction``, ``pairs/gap_ema_mean`` and
+    ``pairs/gap_ema_std``. The trainer then takes ``sum_i w_i keep_i l_i(beta_b) / max(sum_i keep_i, 1)``.
+
+    State: :meth:`BetaDPO.state_dict` of :attr:`beta_dpo` (``gap_mean``, ``gap_std``, ``num_updates``).
+    """
+
+    Config = BetaDPOConfig
+    cite = _CITE
+
+    def __init__(self, config: Optional[BetaDPOConfig] = None, env=None):
+        super().__init__(config, env)
+        c = self.config
+        self.beta_dpo = BetaDPO(beta0=c.beta0, alpha=c.alpha, rho=c.rho, gamma=c.gamma, min_std=c.min_std)
+
+    @classmethod
+    def warnings(cls, config: BetaDPOConfig, env) -> List[str]:
+        if config.alpha == 0 and config.rho == 0:
+            return [f"alpha 0 and rho 0 disable both the dynamic beta and the filter: this is plain DPO with "
+                    f"beta = beta0 = {config.beta0}"]
+        return []
+
+    def batch_beta(self, ctx: PairContext) -> Tuple[torch.Tensor, float]:
+        gaps = ctx.implicit_reward_gaps_B
+        n = gaps.numel()
+        all_gaps = ctx.all_gather(gaps)
+        if all_gaps.numel() != n * ctx.num_processes:
+            raise RuntimeError("beta-DPO needs equal local batch sizes on every process")
+        estimator = self.beta_dpo
+        if ctx.mode == "train":
+            estimator.update(all_gaps)
+        all_keep = estimator.keep_mask(all_gaps.cpu(), generator=ctx.generator).to(gaps.device)
+        beta = float(estimator.beta(all_gaps, all_keep))
+        ctx.log("pairs/kept_fraction", all_keep.float().mean().item())
+        ctx.log("pairs/gap_ema_mean", float(estimator.gap_mean))
+        ctx.log("pairs/gap_ema_std", float(estimator.gap_std))
+        rank = ctx.process_index
+        return all_keep[rank * n:(rank + 1) * n], beta
+
+    def state_dict(self) -> Dict[str, Any]:
+        return self.beta_dpo.state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.beta_dpo.load_state_dict(state)
