@@ -25,8 +25,8 @@ def test_shipped_dpo_recipes_validate(path):
 
 
 @pytest.mark.parametrize("override,where", [
-    ("weighting.pairs=[{name: madpo, c_min: 1.5}]", "weighting.pairs: madpo: MADPO needs c_min < 1 < c_max"),
-    ("weighting.pairs=[{name: beta_dpo, rho: 1.0}]", "weighting.pairs: 0: beta_dpo: rho"),
+    ("weighting.pairs=[{name: madpo, c_min: 1.5}]", "weighting.pairs.0: madpo: c_min: Input should be less than 1 (got 1.5)"),
+    ("weighting.pairs=[{name: beta_dpo, rho: 1.0}]", "weighting.pairs.0: beta_dpo: rho"),
     ("weighting.pairs=[{name: beta_dpo}, {name: beta_dpo}]", "only one batch-beta strategy"),
     ("weighting.pairs=[{name: madpo, tau2: 1}]", "weighting.pairs.0: madpo: unknown argument 'tau2'"),
     ("weighting.tokens=[{name: steer}]", "weighting.tokens: not used by algorithm 'dpo'"),

@@ -29,8 +29,8 @@ def _launch(tmp_path, recipe, *overrides, timeout=300, must_move=True, with_pari
 @pytest.mark.parametrize("stage", [2, 3])
 def test_beta_dpo_two_processes(tmp_path, stage):
     s0, s1 = _launch(tmp_path, "recipes/tiny_dpo_beta.yaml", f"distributed.zero_stage={stage}")
-    assert s0["gap_strategy"] == s1["gap_strategy"]
-    assert s0["gap_strategy"]["num_updates"] == 2
+    assert s0["strategies"]["0:beta_dpo"] == s1["strategies"]["0:beta_dpo"]
+    assert s0["strategies"]["0:beta_dpo"]["num_updates"] == 2
     for mode in s0["generators"]:
         assert torch.equal(s0["generators"][mode], s1["generators"][mode])
 
@@ -40,11 +40,10 @@ def test_lagrangian_objective_weights_two_processes(tmp_path):
                      "weighting.objectives.name=lagrangian", must_move=False)
     # (the random tiny model scores 0 on every arithmetic objective, so its weights need not move; the multipliers
     # still update from the constraint violations, which is what this test is about)
-    objective_keys = ["reward_weighting"]
-    assert objective_keys, sorted(s0)
+    objective_keys = ["strategies", "reward_weights"]
     for k in objective_keys:
         assert s0[k] == s1[k], k
-    assert s0["reward_weighting"]["objective"]["state"] != {}
+    assert s0["strategies"]["0:objective:lagrangian"]["objective"]["state"] != {}
 
 
 def test_hypervolume_evaluation_zero3_two_processes(tmp_path):
@@ -52,8 +51,9 @@ def test_hypervolume_evaluation_zero3_two_processes(tmp_path):
     different greedy lengths) without a hang, and both ranks get the same evaluation and meta-reward."""
     s0, s1 = _launch(tmp_path, "recipes/tiny_multiobj_arithmetic.yaml", "distributed.zero_stage=3",
                      "weighting.objectives={name: hypervolume, eval_every: 1, eval_prompts: 3}", must_move=False)
-    assert s0["reward_weighting"] == s1["reward_weighting"]
-    assert s0["reward_weighting"]["objective"]["state"]["buffer"], s0["reward_weighting"]
+    assert s0["strategies"] == s1["strategies"] and s0["reward_weights"] == s1["reward_weights"]
+    hv = s0["strategies"]["0:objective:hypervolume"]["objective"]
+    assert hv["state"]["buffer"], hv
 
 
 def test_gradient_objective_weights_two_processes(tmp_path):
@@ -62,6 +62,6 @@ def test_gradient_objective_weights_two_processes(tmp_path):
     s0, s1 = _launch(tmp_path, "recipes/tiny_multiobj_arithmetic.yaml", "distributed.zero_stage=2",
                      "rewards=[{name: 'mp_reward:token_parity'}, {name: format_reward, args: {name: format}}]",
                      "weighting.objectives={name: gradient, regularization_factor: 1.0}", with_parity_reward=True)
-    assert s0["reward_weighting"] == s1["reward_weighting"]
-    w = s0["reward_weighting"]["reward_weights"]
+    assert s0["strategies"] == s1["strategies"] and s0["reward_weights"] == s1["reward_weights"]
+    w = s0["reward_weights"]
     assert w[0] > 0.5 > w[1] and abs(sum(w) - 1.0) < 1e-6

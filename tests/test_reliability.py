@@ -309,7 +309,7 @@ def test_kill_9_and_resume_reproduces_the_straight_run_exactly(tmp_path):
     # identical strategy / generator / buffer state in the final checkpoints
     final = lambda r: torch.load(r / "trainer" / "checkpoint-6" / "posttrain_state.pt", weights_only=True)  # noqa
     _assert_same_state(final(straight), final(crashed))
-    lagrangian = final(crashed)["reward_weighting"]["objective"]
+    lagrangian = final(crashed)["strategies"]["0:objective:lagrangian"]["objective"]
     assert lagrangian["strategy"] == "lagrangian" and lagrangian["state"], lagrangian
     init = _initial_tiny()
     assert max((a[k] - init[k]).abs().max().item() for k in a if k in init) > 1e-4  # training really moved them

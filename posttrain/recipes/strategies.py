@@ -84,10 +84,12 @@ def _dry_run_tokens(strategies) -> None:
     dry_run_token_strategies(strategies)
 
 
-def _dry_run_pairs(strategies) -> None:
-    from posttrain.weighting.pairs import dry_run_pair_strategies
+def _build_pairs(specs, env):
+    from posttrain.weighting.pairs import build_pair_strategies, split_pair_strategies
 
-    dry_run_pair_strategies(strategies)
+    strategies = build_pair_strategies(specs, env)  # a name may repeat (two margin strategies multiply)
+    split_pair_strategies(strategies)  # at most one batch-beta strategy
+    return strategies
 
 
 def _build_tokens(specs, env):
@@ -96,5 +98,5 @@ def _build_tokens(specs, env):
     return build_token_strategies(specs, env)
 
 
-_DRY_RUNS = {"token": _dry_run_tokens, "pair": _dry_run_pairs}
-_BUILDERS = {"token": _build_tokens}
+_DRY_RUNS = {"token": _dry_run_tokens}
+_BUILDERS = {"token": _build_tokens, "pair": _build_pairs}

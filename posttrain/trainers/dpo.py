@@ -25,12 +25,11 @@ from typing import Any, Dict, List, Sequence
 import torch
 from trl import DPOTrainer
 
-from posttrain import errors
-from posttrain.errors import UserError
+from posttrain.errors import RunStopped, StrategyFailed, UserError
 from posttrain.losses import weighted_preference_loss
 from posttrain.registry import RegistryError
 from posttrain.trainers.checkpointing import CheckpointStateMixin
-from posttrain.trainers.guards import GuardedTrainerMixin
+from posttrain.trainers.guards import GuardedTrainerMixin, zero_loss
 from posttrain.weighting.pairs import build_pair_strategies, required_columns, split_pair_strategies
 from posttrain.weighting.pair_specs import PairWeighting
 from posttrain.weighting.protocol import PairContext, Strategy, StrategyEnv, StrategyError
@@ -38,8 +37,6 @@ from posttrain.weighting.protocol import PairContext, Strategy, StrategyEnv, Str
 PAIR_COLUMNS = ("weight", "margin")
 _OUR_LOSS_TYPES = {"sigmoid", "ipo", "hinge", "robust"}
 _COLUMN_HINTS = {"margin": " (r(chosen) - r(rejected)); use algorithm 'reward_model+dpo' to compute it"}
-#: raised when a strategy's hook fails (``posttrain.errors.StrategyFailed`` once it exists)
-StrategyFailed = getattr(errors, "StrategyFailed", RuntimeError)
 
 
 def _label(strategy: Strategy) -> str:
@@ -167,12 +164,18 @@ class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
         if len(records) < n_expected:
             raise RuntimeError(f"expected {n_expected} fused forwards (policy, reference), recorded {len(records)}")
         ref_tok = None if self.precompute_ref_logps else records[1]
-        loss = self._weighted_loss(inputs, records[0], ref_tok, columns)
+        try:
+            loss = self._weighted_loss(inputs, records[0], ref_tok, columns)
+        except StrategyFailed as exc:  # skip this step, save a checkpoint, stop the run (exit 3)
+            self.guard.request_stop(str(exc))
+            loss = zero_loss(model)
         return (loss, result[1]) if return_outputs else loss
 
     def _call_hook(self, strategy: Strategy, hook: str, ctx: PairContext):
         try:
             return getattr(strategy, hook)(ctx)
+        except (UserError, RunStopped):
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure of a strategy's code is reported in one line
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StrategyFailed(f"pair strategy '{_label(strategy)}' failed in {hook}: {msg}") from exc
