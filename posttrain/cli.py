@@ -45,12 +45,48 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _resolve_recipe_path(arg: str) -> str:
+    """A recipe file as given; else the shipped recipe of that name (``tiny_grpo``); else ``arg`` unchanged (the
+    loader then reports the missing file)."""
+    from posttrain.recipes.loader import shipped_recipe_path
+
+    if os.path.exists(arg) or os.sep in arg:
+        return arg
+    shipped = shipped_recipe_path(arg)
+    return str(shipped) if shipped is not None else arg
+
+
+def add_user_import_paths(recipe_path: Optional[str] = None) -> List[str]:
+    """Make the user's own modules importable by the ``pkg.mod:fn`` names of a recipe (rewards, datasets,
+    strategies), whichever way posttrain was started.
+
+    ``python -m posttrain`` puts the current directory first on ``sys.path``; the ``posttrain`` console script
+    does not (it puts the script's own directory there).  So that ``posttrain run r.yaml`` and ``python -m
+    posttrain run r.yaml`` import the same ``my_rewards`` from the directory the user works in, the current
+    directory is put first, then the directory of the recipe file (so a recipe kept next to its reward module
+    works from anywhere).  The recipe's directory is skipped for shipped recipes.  Returns the added entries.
+    """
     from posttrain.recipes.loader import RECIPES_DIR
 
-    if os.path.exists(arg) or arg.endswith((".yaml", ".yml")) or os.sep in arg:
-        return arg
-    shipped = RECIPES_DIR / f"{arg}.yaml"
-    return str(shipped) if shipped.exists() else arg
+    wanted = [os.getcwd()]
+    if recipe_path and os.path.isfile(recipe_path):
+        rdir = os.path.dirname(os.path.abspath(recipe_path))
+        if os.path.realpath(rdir) != os.path.realpath(RECIPES_DIR):
+            wanted.append(rdir)
+
+    def index_of(d: str) -> int:
+        real = os.path.realpath(d)
+        return next((i for i, p in enumerate(sys.path) if os.path.realpath(p or os.curdir) == real), -1)
+
+    added = []
+    at = 0
+    for d in dict.fromkeys(wanted):
+        i = index_of(d)
+        if i < 0:
+            sys.path.insert(at, d)
+            added.append(d)
+            i = at
+        at = i + 1
+    return added
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -94,6 +130,7 @@ def _dispatch(args) -> int:
             print(f"{name:<{width}}  {desc}")
         return 0
     path = _resolve_recipe_path(args.recipe)
+    add_user_import_paths(path)  # before the recipe is checked: it imports 'pkg.mod:fn' names
     try:
         recipe = load_recipe(path, args.overrides)
     except RecipeError as exc:
