@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=5 output.dir=/tmp/x")
     r.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output.dir")
+    r.add_argument("--verbose", action="store_true",
+                   help="print every logged metrics dict under the progress bar (default: a short postfix; the "
+                   "full dicts are always in metrics.jsonl)")
     la = sub.add_parser("launch", help="run a recipe on N processes with the DeepSpeed launcher: "
                         "posttrain launch --nproc N RECIPE [key.path=value ...]")
     la.add_argument("--nproc", type=int, required=True, help="processes per node (the launcher's --num_gpus)")
@@ -35,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="rendezvous port (default: a free port on this machine)")
     la.add_argument("--dry-run", "--dry_run", action="store_true", help="print the launcher command, do not run it")
     la.add_argument("--resume", action="store_true", help="passed to `posttrain run`")
+    la.add_argument("--verbose", action="store_true", help="as `posttrain run --verbose` (on every process)")
     la.add_argument("recipe")
     la.add_argument("overrides", nargs="*")
     v = sub.add_parser("validate", help="check a recipe (and overrides) without running it")
@@ -129,12 +133,20 @@ def _dispatch(args) -> int:
         for name, desc, _ in rows:
             print(f"{name:<{width}}  {desc}")
         return 0
+    from posttrain.console import VERBOSE_ENV, quiet_known_noise
+
+    quiet_known_noise()  # before anything imports deepspeed
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "1"  # inherited by the processes `launch` starts
     path = _resolve_recipe_path(args.recipe)
     add_user_import_paths(path)  # before the recipe is checked: it imports 'pkg.mod:fn' names
     try:
         recipe = load_recipe(path, args.overrides)
     except RecipeError as exc:
         raise UserError(str(exc)) from None
+    from posttrain.tracking import check_report_to
+
+    check_report_to(recipe.output.report_to)  # a missing tensorboard is one line now, not a traceback later
     if args.command == "launch":
         from posttrain.launch import launch
 
@@ -143,9 +155,11 @@ def _dispatch(args) -> int:
     if args.command == "validate":
         print(f"{path}: OK ({recipe.algorithm}, model {recipe.model.name}, {len(recipe.rewards)} reward(s))")
         return 0
+    from posttrain.console import use_compact_progress, verbose
     from posttrain.distributed import register_shm_cleanup
     from posttrain.run import run_recipe
 
+    use_compact_progress(not verbose())
     register_shm_cleanup()
     run_recipe(recipe, recipe_path=path, overrides=args.overrides, resume=args.resume)
     return 0
