@@ -1,4 +1,4 @@
-"""``posttrain`` command line: run | launch | validate | recipes.  Thin: parsing and error reporting only.
+"""``posttrain`` command line: run | launch | validate | recipes | eval | generate.  Thin: parsing and error reporting only.
 
 User-input problems (bad recipe, missing file, unwritable output dir, …) print one line
 ``posttrain: error: …`` and exit with code 2 — never a traceback.  A run that stops itself after saving a
@@ -45,6 +45,48 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*")
     sub.add_parser("recipes", help="list the shipped recipes")
+    target_help = ("a run directory (its model/ and recipe.resolved.yaml), a model directory, or a recipe file / "
+                   "shipped recipe name (its base model)")
+    e = sub.add_parser("eval", help="evaluate a model: greedy replies to the recipe's held-out prompts scored as in "
+                       "a run; for DPO recipes also held-out pair accuracy / margin against the base model")
+    e.add_argument("target", help=target_help)
+    e.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. eval.max_new_tokens=8")
+    e.add_argument("--recipe", default=None, help="recipe for a model directory (eval set, scoring reward)")
+    e.add_argument("--data", default=None, help="a prompt file (prompt column [+ answer ...]) or a pair file "
+                   "(prompt, chosen, rejected) instead of the recipe's eval set")
+    e.add_argument("--n", type=int, default=None, help="evaluate only the first N prompts / pairs")
+    e.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=None,
+                   help="compute preference-pair metrics (default: for DPO recipes and pair files)")
+    e.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=None)
+    e.add_argument("--batch-size", "--batch_size", type=int, default=None)
+    e.add_argument("--threads", type=int, default=None, help="torch threads (default: the recipe's model.threads)")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("--out", default=None, help="also write the JSON result to this file")
+    g = sub.add_parser("generate", help="sample (or greedy) replies from a model for prompts given on the command "
+                       "line, in a file, or the recipe's eval prompts")
+    g.add_argument("target", help=target_help)
+    g.add_argument("prompts", nargs="*", help="user messages (rendered with the chat template)")
+    g.add_argument("--recipe", default=None, help="recipe for a model directory (sampling settings, eval prompts)")
+    g.add_argument("--file", default=None, help=".txt (one prompt per line) or a .jsonl/.json/.csv/.parquet "
+                   "prompt file (prompt column: text or messages, pre-fills included)")
+    g.add_argument("--from-eval", "--from_eval", type=int, default=None, metavar="N",
+                   help="the first N prompts of the recipe's data.eval (with their pre-fills); the default when "
+                   "no prompt is given")
+    g.add_argument("--system", default=None, help="system message for command-line / .txt prompts")
+    g.add_argument("--prefill", default=None, help="start of the assistant reply for command-line / .txt prompts")
+    g.add_argument("--plain", action="store_true", help="send command-line / .txt prompts as raw text, no chat "
+                   "template")
+    g.add_argument("--samples", type=int, default=1, help="replies per prompt (sampling)")
+    g.add_argument("--greedy", action="store_true", help="greedy decoding (one reply per prompt)")
+    g.add_argument("--temperature", type=float, default=None,
+                   help="default: the recipe's train.temperature, else 0.7")
+    g.add_argument("--top-p", "--top_p", type=float, default=None, help="default: the recipe's train.top_p, else 0.9")
+    g.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=None,
+                   help="default: the recipe's train.max_completion_length, else 64")
+    g.add_argument("--batch-size", "--batch_size", type=int, default=8)
+    g.add_argument("--seed", type=int, default=None, help="default: the recipe's seed, else 0")
+    g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
 
@@ -133,6 +175,11 @@ def _dispatch(args) -> int:
         for name, desc, _ in rows:
             print(f"{name:<{width}}  {desc}")
         return 0
+    if args.command in ("eval", "generate"):
+        from posttrain.console import quiet_known_noise
+
+        quiet_known_noise()
+        return _eval_or_generate(args)
     from posttrain.console import VERBOSE_ENV, quiet_known_noise
 
     quiet_known_noise()  # before anything imports deepspeed
@@ -162,6 +209,57 @@ def _dispatch(args) -> int:
     use_compact_progress(not verbose())
     register_shm_cleanup()
     run_recipe(recipe, recipe_path=path, overrides=args.overrides, resume=args.resume)
+    return 0
+
+
+def _positive(name: str, value) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{name}: must be >= 1 (got {value})")
+
+
+def _eval_or_generate(args) -> int:
+    from posttrain import inference
+
+    for name in ("n", "max_new_tokens", "batch_size", "threads", "samples", "from_eval"):
+        _positive(f"--{name.replace('_', '-')}", getattr(args, name, None))
+    if args.command == "eval":
+        target = inference.resolve_target(args.target, args.recipe, args.overrides)
+        res = inference.run_eval(target, data=args.data, n=args.n, batch_size=args.batch_size,
+                                 max_new_tokens=args.max_new_tokens, threads=args.threads, pairs=args.pairs)
+        if args.out:
+            from posttrain.reporting import write_json
+
+            try:
+                write_json(args.out, res)
+            except OSError as exc:
+                raise UserError(f"--out {args.out}: {exc.strerror}") from None
+        print(inference.to_json(res) if args.json else inference.format_eval(res))
+        return 0
+    target = inference.resolve_target(args.target, args.recipe)
+    given = sum(bool(x) for x in (args.prompts, args.file, args.from_eval))
+    if given > 1:
+        raise UserError("generate: give prompts on the command line, --file or --from-eval, not several")
+    if args.prompts or args.file:
+        texts = list(args.prompts) if args.prompts else inference.read_prompt_file(args.file)
+        if args.file and not args.file.endswith(".txt"):
+            prompts = texts  # a dataset file: prompts as stored (messages / pre-fills)
+        else:
+            system = args.system
+            if system is None and target.recipe is not None:
+                system = target.recipe.data.train.args.get("system")
+            prompts = inference._text_prompts(texts, system=system, prefill=args.prefill, plain=args.plain)
+    else:
+        recipe = target.recipe
+        if recipe is None or recipe.data.eval is None:
+            raise UserError("generate: no prompts given (and no recipe with data.eval to take them from); pass "
+                            "PROMPT ..., --file FILE or --recipe RECIPE")
+        ds = inference._dataset(recipe.data.eval.name, dict(recipe.data.eval.args), "data.eval")
+        prompts = list(ds["prompt"])[: args.from_eval or 5]
+    rows = inference.generate_replies(target, prompts, samples=args.samples, greedy=args.greedy,
+                                      temperature=args.temperature, top_p=args.top_p,
+                                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                      threads=args.threads, seed=args.seed)
+    print(inference.to_json(rows) if args.json else inference.format_generations(rows))
     return 0
 
 
