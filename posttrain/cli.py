@@ -147,6 +147,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("posttrain: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `posttrain recipes | head`: the reader left; no traceback, no second error at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except UserError as exc:
         _close_progress_bars()
         print(f"posttrain: error: {exc}", file=sys.stderr)

@@ -142,3 +142,13 @@ def test_wheel_ships_the_recipes(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     where, count, algo = res.stdout.split()
     assert where == str(site / "posttrain" / "recipes" / "shipped") and int(count) == len(shipped) and algo == "dpo"
+
+
+def test_closed_stdout_is_not_a_traceback(tmp_path):
+    """`posttrain recipes | head -1`: the reader may leave before we write; exit quietly (141), no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "posttrain", "recipes"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.close()  # before the child has imported anything: its first write hits a closed pipe
+    err = proc.stderr.read().decode()
+    code = proc.wait(timeout=120)
+    assert "Traceback" not in err and code == 141, (code, err)
