@@ -180,9 +180,10 @@ def _dispatch(args) -> int:
             print(f"{name:<{width}}  {desc}")
         return 0
     if args.command in ("eval", "generate"):
-        from posttrain.console import quiet_known_noise
+        from posttrain.console import quiet_known_noise, use_compact_progress
 
         quiet_known_noise()
+        use_compact_progress(True)  # no per-load "Loading weights" bars around a short table
         return _eval_or_generate(args)
     from posttrain.console import VERBOSE_ENV, quiet_known_noise
 

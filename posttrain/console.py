@@ -83,8 +83,17 @@ def verbose() -> bool:
 def use_compact_progress(enabled: bool = True) -> None:
     """Make every Trainer built afterwards in this process use :class:`CompactProgressCallback` (or the stock
     ``ProgressCallback`` when ``enabled`` is false). The Trainer picks its progress callback from
-    ``transformers.trainer.DEFAULT_PROGRESS_CALLBACK`` when it is constructed (with ``disable_tqdm=False``)."""
+    ``transformers.trainer.DEFAULT_PROGRESS_CALLBACK`` when it is constructed (with ``disable_tqdm=False``).
+
+    Compact also hides the libraries' bookkeeping bars: transformers' "Loading weights" / "Writing model shards"
+    (one per model load or save) and datasets' "Tokenizing train dataset" / "Map" (TRL's preprocessing), with their
+    ``disable_progress_bar`` switches; the training and evaluation bars are unaffected."""
     import transformers.trainer as hf_trainer
+    from datasets.utils import logging as ds_logging
+    from transformers.utils import logging as hf_logging
+
+    (hf_logging.disable_progress_bar if enabled else hf_logging.enable_progress_bar)()
+    (ds_logging.disable_progress_bar if enabled else ds_logging.enable_progress_bar)()
 
     if getattr(hf_trainer, "DEFAULT_PROGRESS_CALLBACK", None) not in (ProgressCallback, CompactProgressCallback):
         return  # a notebook progress callback (or another tool's): leave it alone

@@ -52,14 +52,23 @@ def test_use_compact_progress_switches_the_trainer_default():
     import transformers.trainer as hf_trainer
     from transformers.trainer_callback import ProgressCallback
 
-    before = hf_trainer.DEFAULT_PROGRESS_CALLBACK
+    from datasets.utils import logging as ds_logging
+    from transformers.utils import logging as hf_logging
+
+    before, bars = hf_trainer.DEFAULT_PROGRESS_CALLBACK, hf_logging.is_progress_bar_enabled()
+    ds_bars = ds_logging.is_progress_bar_enabled()
     try:
         use_compact_progress(True)
         assert hf_trainer.DEFAULT_PROGRESS_CALLBACK is CompactProgressCallback
+        assert not hf_logging.is_progress_bar_enabled()  # no "Loading weights" bars
+        assert not ds_logging.is_progress_bar_enabled()  # no "Tokenizing train dataset" bars
         use_compact_progress(False)  # --verbose
-        assert hf_trainer.DEFAULT_PROGRESS_CALLBACK is ProgressCallback
+        assert hf_trainer.DEFAULT_PROGRESS_CALLBACK is ProgressCallback and hf_logging.is_progress_bar_enabled()
+        assert ds_logging.is_progress_bar_enabled()
     finally:
         hf_trainer.DEFAULT_PROGRESS_CALLBACK = before
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+        (ds_logging.enable_progress_bar if ds_bars else ds_logging.disable_progress_bar)()
 
 
 def test_only_the_deepspeed_cpu_accelerator_warning_is_dropped():
