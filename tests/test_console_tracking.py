@@ -1,6 +1,7 @@
 """Console output (one bar with a short postfix, the DeepSpeed CPU warning dropped) and output.report_to checks."""
 import importlib.util
 import io
+import json
 import logging
 from types import SimpleNamespace
 
@@ -122,3 +123,29 @@ def test_validate_reports_a_missing_backend(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("posttrain: error: output.report_to.0: logging backend 'wandb' is not installed")
     assert err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_real_run_prints_a_bar_not_dicts_and_verbose_restores_them(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "posttrain", "run", "tiny_grpo", f"output.dir={tmp_path / 'r'}",
+                               "model.threads=1", "train.max_steps=2", "eval.enabled=false", "output.plots=false",
+                               "output.save_model=false", "output.overwrite=true", *extra],
+                              capture_output=True, text=True, timeout=600, cwd=root)
+
+    res = run()
+    assert res.returncode == 0, res.stderr[-2000:]
+    both = res.stdout + res.stderr
+    assert "'loss':" not in both and "loss=" in res.stderr and "train: 2 steps in" in res.stdout
+    assert "Setting accelerator to CPU" not in both and "Loading weights" not in both
+    rows = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 3 and len(json.loads(rows[0])) > 20  # the full dicts are still written
+    res = run("--verbose")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "'loss':" in res.stdout + res.stderr
