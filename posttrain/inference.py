@@ -55,10 +55,8 @@ def resolve_target(target: str, recipe: Optional[str] = None, overrides=()) -> T
     """Map the command line's TARGET (and ``--recipe``) to a model and a recipe (see the module docstring)."""
     from posttrain.cli import _resolve_recipe_path, add_user_import_paths
 
-    recipe_path = None
-    if recipe is not None:
-        recipe_path = _resolve_recipe_path(recipe)
-        add_user_import_paths(recipe_path)
+    recipe_path = _resolve_recipe_path(recipe) if recipe is not None else None
+    add_user_import_paths(recipe_path)  # the cwd always (a run's recipe may name 'my_rewards:fn'), + --recipe's dir
     p = Path(target).expanduser()
     if p.is_dir() and (p / "recipe.resolved.yaml").is_file():
         model_dir = p / "model"

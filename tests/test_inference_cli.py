@@ -94,6 +94,7 @@ def test_pair_metrics_hand_checked(tiny, tmp_path):
 
 
 def _cli(capsys, *argv):
+    capsys.readouterr()  # drop what fixtures printed (e.g. DeepSpeed's import-time warning when `tiny` loads first)
     code = main(list(argv))
     cap = capsys.readouterr()
     return code, cap.out, cap.err
@@ -190,3 +191,19 @@ def test_generate_from_the_command_line_a_file_and_the_eval_set(tmp_path, capsys
     code, out, err = _cli(capsys, "generate", "tiny_grpo", "--from-eval", "2", "--greedy")
     assert code == 0, err
     assert out.startswith("[0] user: What is ") and "| assistant: " in out and out.count("\n[") == 1
+
+
+def test_eval_a_run_whose_recipe_names_a_user_reward_from_the_cwd(tmp_path, capsys, tiny, monkeypatch):
+    import sys
+
+    run = _perturbed_run(tmp_path, tiny)
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "my_eval_reward_mod.py").write_text("def fn(completions, **kw):\n    return [0.25 for _ in completions]\n")
+    text = (run / "recipe.resolved.yaml").read_text()
+    (run / "recipe.resolved.yaml").write_text(text + "\neval:\n  reward: {name: 'my_eval_reward_mod:fn'}\n")
+    monkeypatch.chdir(proj)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
+    code, out, err = _cli(capsys, "eval", str(run), "--n", "2", "--json")
+    assert code == 0, err
+    assert json.loads(out)["prompts"]["mean_score"] == 0.25
