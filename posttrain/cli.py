@@ -223,10 +223,22 @@ def _positive(name: str, value) -> None:
 
 
 def _eval_or_generate(args) -> int:
-    from posttrain import inference
+    """``eval`` / ``generate``. With ``--json`` whatever the work prints (e.g. a dataset builder's progress line) goes
+    to stderr, so stdout is exactly one JSON document."""
+    import contextlib
 
     for name in ("n", "max_new_tokens", "batch_size", "threads", "samples", "from_eval"):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name, None))
+    quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with quiet:
+        text = _eval_or_generate_text(args)
+    print(text)
+    return 0
+
+
+def _eval_or_generate_text(args) -> str:
+    from posttrain import inference
+
     if args.command == "eval":
         target = inference.resolve_target(args.target, args.recipe, args.overrides)
         res = inference.run_eval(target, data=args.data, n=args.n, batch_size=args.batch_size,
@@ -238,8 +250,7 @@ def _eval_or_generate(args) -> int:
                 write_json(args.out, res)
             except OSError as exc:
                 raise UserError(f"--out {args.out}: {exc.strerror}") from None
-        print(inference.to_json(res) if args.json else inference.format_eval(res))
-        return 0
+        return inference.to_json(res) if args.json else inference.format_eval(res)
     target = inference.resolve_target(args.target, args.recipe)
     given = sum(bool(x) for x in (args.prompts, args.file, args.from_eval))
     if given > 1:
@@ -264,8 +275,7 @@ def _eval_or_generate(args) -> int:
                                       temperature=args.temperature, top_p=args.top_p,
                                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                       threads=args.threads, seed=args.seed)
-    print(inference.to_json(rows) if args.json else inference.format_generations(rows))
-    return 0
+    return inference.to_json(rows) if args.json else inference.format_generations(rows)
 
 
 if __name__ == "__main__":  # pragma: no cover

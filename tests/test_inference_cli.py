@@ -207,3 +207,17 @@ def test_eval_a_run_whose_recipe_names_a_user_reward_from_the_cwd(tmp_path, caps
     code, out, err = _cli(capsys, "eval", str(run), "--n", "2", "--json")
     assert code == 0, err
     assert json.loads(out)["prompts"]["mean_score"] == 0.25
+
+
+def test_json_stdout_is_only_json(capsys, monkeypatch):
+    """Builders may print progress (the preferences builder announces its generation); with --json it goes to
+    stderr."""
+    def noisy_eval(target, **kw):
+        print("[posttrain] generated 4 x 2 replies with tiny in 1 s")
+        return {"target": target.kind, "model": target.model, "recipe": target.recipe_path}
+
+    monkeypatch.setattr(inference, "run_eval", noisy_eval)
+    code, out, err = _cli(capsys, "eval", "tiny_dpo", "--json")
+    assert code == 0 and json.loads(out)["target"] == "recipe" and "generated 4 x 2" in err
+    code, out, err = _cli(capsys, "eval", "tiny_dpo")
+    assert out.startswith("[posttrain] generated") and "generated" not in err
