@@ -29,6 +29,10 @@ POSTFIX_KEYS: List[Tuple[str, str]] = [
 ]
 
 
+# tqdm's default, with the rate always as seconds per step (tqdm flips to steps/s when a step takes < 1 s).
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_inv_fmt}{postfix}]"
+
+
 def _fmt(v: float) -> str:
     if not math.isfinite(v):
         return str(v)
@@ -54,7 +58,8 @@ class CompactProgressCallback(ProgressCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True, unit="step", desc="train")
+            self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True, unit="step", desc="train",
+                                     bar_format=BAR_FORMAT)
         self.current_step = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
