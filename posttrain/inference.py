@@ -403,7 +403,7 @@ def format_generations(rows: List[Dict[str, Any]]) -> str:
             f"{m['role']}: {m['content']}" for m in row["prompt"])
         lines.append(f"[{i}] {shown}")
         for j, reply in enumerate(row["replies"]):
-            tag = f"  -> " if len(row["replies"]) == 1 else f"  {j}> "
+            tag = "  -> " if len(row["replies"]) == 1 else f"  {j}> "
             lines.append(tag + reply.replace("\n", "\n     "))
     return "\n".join(lines)
 
