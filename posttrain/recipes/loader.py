@@ -13,7 +13,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from .schema import Recipe
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+# The shipped recipes are package data: ``posttrain/recipes/shipped`` is a symlink to the repository's top-level
+# ``recipes/`` directory (the one users browse and edit), and setuptools copies the files it points to into the
+# wheel and the sdist, so an installed posttrain has them too.  Resolved, so paths print as ``.../recipes/x.yaml``
+# in a checkout.
+RECIPES_DIR = (Path(__file__).resolve().parent / "shipped").resolve()
 
 
 class RecipeError(ValueError):
@@ -50,20 +54,35 @@ def _deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def shipped_recipe_path(name: str) -> Optional[Path]:
+    """The shipped recipe called ``name`` (``tiny_grpo`` or ``tiny_grpo.yaml``), or None."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    p = RECIPES_DIR / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    return p if p.is_file() else None
+
+
 def _read_with_extends(path: Path, seen: tuple = ()) -> Dict[str, Any]:
-    """``extends: other.yaml`` (relative to the recipe) merges this recipe over another: mappings merge key by
-    key, everything else (lists included) replaces.  Chains are allowed, cycles are an error."""
+    """``extends: other.yaml`` merges this recipe over another: mappings merge key by key, everything else (lists
+    included) replaces.  The base is a path relative to the recipe's directory or, when no such file exists, the
+    name of a shipped recipe (``extends: tiny_grpo``), so a recipe anywhere can build on the shipped ones.  Chains
+    are allowed, cycles are an error."""
     data = _read_yaml(path)
     base = data.pop("extends", None)
     if base is None:
         return data
-    if not isinstance(base, str):
-        raise RecipeError(f"{path}: extends: must be a path to another recipe file (got {base!r})")
-    base_path = (path.parent / base).resolve()
+    if not isinstance(base, str) or not base.strip():
+        raise RecipeError(f"{path}: extends: must be a path to another recipe file or a shipped recipe name "
+                          f"(got {base!r})")
+    base_path = (path.parent / base).expanduser().resolve()
+    if not base_path.exists():
+        shipped = shipped_recipe_path(base)
+        if shipped is None:
+            raise RecipeError(f"{path}: extends: '{base}' is neither a recipe file (no '{base_path}') nor a "
+                              f"shipped recipe (see `posttrain recipes`)")
+        base_path = shipped.resolve()
     if base_path in seen or base_path == path.resolve():
         raise RecipeError(f"{path}: extends: '{base}' makes a cycle")
-    if not base_path.exists():
-        raise RecipeError(f"{path}: extends: recipe file '{base_path}' does not exist")
     return _deep_merge(_read_with_extends(base_path, seen + (path.resolve(),)), data)
 
 
@@ -113,13 +132,47 @@ def _list_index(part: str, node: list, where: str) -> int:
     return int(part)
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _model_in(annotation):
+    """The pydantic model class inside a field annotation (``Optional[X]``, ``List[X]``, ``X``), or None."""
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _sibling_keys(loc: tuple, root=Recipe) -> List[str]:
+    """The keys allowed next to the key at ``loc`` (the fields of the section that holds it)."""
+    cls = root
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # a list item: same model as the list
+        field = cls.model_fields.get(part) if cls is not None else None
+        if field is None:
+            return []
+        cls = _model_in(field.annotation)
+    return list(cls.model_fields) if cls is not None else []
+
+
+def _format_validation_error(err: ValidationError, source: str, root=Recipe) -> str:
+    """One line for pydantic's errors: the first unknown key if there is one (a typo such as ``modle:`` also makes
+    ``model`` missing; the typo is the cause), with the closest allowed key (difflib), else the first error."""
+    import difflib
+
     errors = err.errors()
-    first = errors[0]
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = ".".join(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+        key = first["loc"][-1] if first["loc"] else None
+        close = difflib.get_close_matches(str(key), _sibling_keys(tuple(first["loc"]), root), n=1, cutoff=0.6)
+        if close:
+            msg += f" (did you mean '{close[0]}'?)"
     elif first["type"] == "missing":
         msg = "required key is missing"
     got = ""
