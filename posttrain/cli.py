@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*")
     sub.add_parser("recipes", help="list the shipped recipes")
+    st = sub.add_parser("strategies", help="list every registered strategy by kind (token, sequence, advantage, "
+                        "objective, pair) with its one-line description")
+    st.add_argument("--args", action="store_true", help="also list each strategy's arguments with their defaults")
     target_help = ("a run directory (its model/ and recipe.resolved.yaml), a model directory, or a recipe file / "
                    "shipped recipe name (its base model)")
     e = sub.add_parser("eval", help="evaluate a model: greedy replies to the recipe's held-out prompts scored as in "
@@ -178,6 +181,11 @@ def _dispatch(args) -> int:
         width = max((len(n) for n, _, _ in rows), default=0)
         for name, desc, _ in rows:
             print(f"{name:<{width}}  {desc}")
+        return 0
+    if args.command == "strategies":
+        from posttrain.weighting.catalog import print_strategies
+
+        print_strategies(with_args=args.args)
         return 0
     if args.command in ("eval", "generate"):
         from posttrain.console import quiet_known_noise, use_compact_progress

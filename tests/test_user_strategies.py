@@ -145,3 +145,17 @@ def test_a_user_strategy_of_the_wrong_kind_is_refused(tiny, tmp_path):
     with pytest.raises(RecipeError, match="unknown argument"):
         load_recipe(ROOT / "recipes" / "tiny_grpo.yaml",
                     [f"weighting.sequences=[{{name: '{USER}:ScaleAdvantages', factr: 2}}]"])
+
+
+def test_posttrain_strategies_lists_every_kind_with_descriptions(capsys):
+    from posttrain.cli import main
+
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    for kind in ("objective", "sequence", "advantage", "token", "pair"):
+        assert f"{kind} strategies" in out
+    for name in ("steer", "tw_grpo", "dra", "seed", "loss_reweighting", "lagrangian", "hypervolume", "rloo", "remax",
+                 "reinforce_pp", "madpo", "beta_dpo"):
+        assert f"  {name} " in out, name
+    assert main(["strategies", "--args"]) == 0
+    assert "w_min: float = 0.8" in capsys.readouterr().out

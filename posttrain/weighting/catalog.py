@@ -28,6 +28,21 @@ def strategy_rows() -> List[Tuple[str, str, str, str]]:
     return sorted(rows, key=lambda r: (KINDS.index(r[0]), r[1]))
 
 
+def print_strategies(*, with_args: bool = False) -> None:
+    """``posttrain strategies``: one line per strategy, grouped by kind (with ``with_args``, its arguments too)."""
+    rows = strategy_rows()
+    width = max(len(name) for _, name, _, _ in rows)
+    for kind in KINDS:
+        print(f"{kind} strategies ({SECTIONS[kind]}):")
+        for k, name, aliases, summary in rows:
+            if k != kind:
+                continue
+            print(f"  {name:<{width}}  {summary}" + (f" (alias: {aliases})" if aliases else ""))
+            if with_args:
+                for arg, typ, default, _ in config_rows(registered(kind)[name].Config):
+                    print(f"  {'':<{width}}    {arg}: {typ.replace(chr(92), '')} = {default.strip('`') or '-'}")
+
+
 def _type_name(ann) -> str:
     origin, args = typing.get_origin(ann), typing.get_args(ann)
     if origin is typing.Literal:

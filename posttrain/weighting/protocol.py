@@ -317,8 +317,9 @@ class Strategy:
 
     @classmethod
     def summary(cls) -> str:
-        doc = inspect.getdoc(cls) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """The docstring's first paragraph, on one line."""
+        doc = (inspect.getdoc(cls) or "").strip()
+        return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
