@@ -252,3 +252,17 @@ def test_dataset_registry():
     assert len(ds) == 4
     with pytest.raises(RegistryError, match="unknown dataset 'gsm8k'"):
         DATASETS.get("gsm8k")
+
+
+def test_arithmetic_distinct_counts_each_commutative_problem_once():
+    ds = arithmetic_problems(None, low=1, high=20, split="heldout", heldout_fraction=0.3, distinct=True)
+    problems = {frozenset((a, b)) if a != b else (a,) for a, b in zip(ds["a"], ds["b"])}
+    assert len(problems) == len(ds) == 57  # vs 100 ordered held-out pairs, about half of them swaps of the others
+    assert all(a <= b for a, b in zip(ds["a"], ds["b"]))
+    ordered = arithmetic_problems(None, low=1, high=20, split="heldout", heldout_fraction=0.3)
+    assert len(ordered) > len(ds)
+    assert set(zip(ds["a"], ds["b"])) <= set(zip(ordered["a"], ordered["b"]))  # same split, fewer items
+    minus = arithmetic_problems(None, low=1, high=9, op="-", split="heldout", distinct=True)
+    assert len(minus) == len(arithmetic_problems(None, low=1, high=9, op="-", split="heldout"))  # 5-3 != 3-5
+    with pytest.raises(DataError, match="distinct must be true or false"):
+        arithmetic_problems(2, distinct="yes")

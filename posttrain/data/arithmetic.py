@@ -75,6 +75,7 @@ def arithmetic_problems(
     system: str | None = None,
     instruction: str | None = DEFAULT_INSTRUCTION,
     unique: bool | None = None,
+    distinct: bool = False,
     tokenizer: Any = None,
 ):
     """``n`` problems "What is a+b?" as a ``datasets.Dataset`` with columns ``prompt``, ``answer`` (str of the
@@ -90,6 +91,9 @@ def arithmetic_problems(
     ``unique`` (default: True for ``heldout``, False for ``train``): distinct problems only, so ``n`` may not exceed
     the split's size (12 held-out problems for ``easy``, 67 for ``medium``, 322 for ``hard`` at 0.2; 24 / 111 / 505
     at 0.3); with repeats allowed, the split is cycled in shuffled passes. ``n=None``: the whole split, shuffled.
+    ``distinct=True``: each *problem* at most once for ``+`` and ``*`` — ``a+b`` and ``b+a`` are one problem, asked
+    as ``a+b`` with ``a <= b`` — so a held-out set of n items measures n distinct problems (with the default,
+    ``unique`` distinct ordered pairs, about half the items of a ``+`` set are the other half swapped).
 
     Formats:
       * ``conversational`` — ``[user: "What is a+b? Answer with just the number."]`` followed, when
@@ -119,7 +123,11 @@ def arithmetic_problems(
     if unique is None:
         unique = split == "heldout"
 
+    if not isinstance(distinct, bool):
+        raise DataError(f"{owner}: distinct must be true or false, got {distinct!r}")
     pairs = split_pairs(low, high, op, split, heldout_fraction)
+    if distinct and op in _COMMUTATIVE:
+        pairs = [(a, b) for a, b in pairs if a <= b]
     idx = sample_indices(len(pairs), n, seed, unique=unique, owner=owner, what=f"{split} problems in {low}..{high}")
     tok = resolve_tokenizer(tokenizer)
     fn = OPS[op]
