@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import List
@@ -33,40 +32,10 @@ def configure_threads(recipe: Recipe) -> int:
     return n
 
 
-def prepare_output_dir(recipe: Recipe, resume: bool) -> Path:
-    """Create / check the run directory before anything expensive.  Never clobbers a previous run by accident."""
-    out = Path(recipe.output.dir or Path("runs") / recipe.name).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output.dir '{out}' exists and is not a directory")
-    if _is_main():
-        if out.exists() and any(out.iterdir()) and not resume:
-            if not recipe.output.overwrite:
-                raise UserError(
-                    f"output.dir '{out}' already holds a run; set output.overwrite=true, pass --resume, "
-                    f"or choose another output.dir"
-                )
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise UserError(f"output.dir '{out}' is not writable: {exc.strerror}") from None
-        if recipe.output.overwrite and not resume:
-            for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    return out
-
-
 def _build_dataset(spec, where: str):
-    from posttrain.data import DATASETS
-    from posttrain.registry import RegistryError
+    from posttrain.pipelines.checks import build_dataset
 
-    try:
-        builder = DATASETS.get(spec.name)
-        return builder(**spec.args)
-    except (RegistryError, TypeError, ValueError, FileNotFoundError, OSError) as exc:
-        raise UserError(f"{where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return build_dataset(spec, where)
 
 
 def _build_rewards(specs, where: str, tokenizer, *, safe: bool = False) -> List:
@@ -197,11 +166,10 @@ def finish_run(trainer, tokenizer, recipe: Recipe, out: Path, summary: dict, *, 
             plot_curves(metrics_path, out / "training_curves.png", title=f"{recipe.name} ({recipe.model.name})")
         summary["wall_seconds"] = round(time.time() - t_start, 1)
         write_json(out / "summary.json", summary)
-        print(f"[posttrain] done in {summary['wall_seconds']:.0f} s -> {out}", flush=True)
     return summary
 
 
-def build_trl_args(recipe: Recipe, out: Path, config_cls=None):
+def build_trl_args(recipe: Recipe, out: Path, config_cls=None, *, where: str = "train"):
     import torch
     from trl import GRPOConfig
 
@@ -239,7 +207,7 @@ def build_trl_args(recipe: Recipe, out: Path, config_cls=None):
     try:
         args = config_cls(**train)
     except (ValueError, TypeError) as exc:
-        raise UserError(f"train: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"{where}: {str(exc).splitlines()[0]}") from None
     if "deepspeed" in train:
         from posttrain.distributed import check_deepspeed_mismatches
 
@@ -254,11 +222,28 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
         return run_dpo_recipe(recipe, recipe_path=recipe_path, overrides=overrides, resume=resume)
     if recipe.algorithm != "grpo":
         raise UserError(f"algorithm '{recipe.algorithm}' is not available in this version (only 'grpo')")
-    t_start = time.time()
-    from posttrain.rollout import rollout_trl_kwargs
+    from posttrain.pipelines.checks import check_run
+    from posttrain.pipelines.outdirs import plan_run_dirs
 
-    rollout_trl_kwargs(recipe.rollout)  # vLLM requested but missing: one line now, not after the model loads
-    out = prepare_output_dir(recipe, resume)
+    t_start = time.time()
+    dirs = plan_run_dirs(recipe, resume)
+    checked = check_run(recipe, out=dirs.work)  # everything checkable, before the output dir is touched
+    dirs.prepare()
+    try:
+        summary = _run_grpo(recipe, dirs.work, checked, recipe_path=recipe_path, overrides=overrides, resume=resume,
+                            t_start=t_start)
+    except UserError:
+        dirs.abandon()
+        raise
+    except RunStopped as exc:
+        raise RunStopped(f"{exc}{dirs.stopped_note()}") from None
+    dirs.commit()
+    if _is_main():
+        print(f"[posttrain] done in {summary['wall_seconds']:.0f} s -> {dirs.final}", flush=True)
+    return summary
+
+
+def _run_grpo(recipe: Recipe, out: Path, checked, *, recipe_path, overrides, resume, t_start) -> dict:
     ckpt = resume_checkpoint(out) if resume else None
     threads = configure_threads(recipe)
 
@@ -271,8 +256,7 @@ def run_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool =
     set_seed(recipe.seed)
     write_resolved_recipe(out, recipe, recipe_path, overrides)
     model, tokenizer = load_policy(recipe)
-    train_ds = _build_dataset(recipe.data.train, "data.train")
-    eval_ds = _build_dataset(recipe.data.eval, "data.eval") if recipe.data.eval else None
+    train_ds, eval_ds = checked.train_ds, checked.eval_ds
     reward_fns = _build_rewards(recipe.rewards, "rewards", tokenizer, safe=True)
     scorer = None
     if eval_ds is not None and recipe.eval.enabled:

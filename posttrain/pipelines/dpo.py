@@ -11,32 +11,35 @@ import time
 from posttrain.errors import UserError
 from posttrain.recipes import Recipe
 
-PAIR_COLUMNS_NEEDED = ("prompt", "chosen", "rejected")
-
-
-def _check_pairs(ds, where: str) -> None:
-    cols = set(ds.column_names or ())
-    missing = [c for c in PAIR_COLUMNS_NEEDED if c not in cols]
-    if missing:
-        raise UserError(f"{where}: DPO needs preference pairs with columns prompt, chosen, rejected; "
-                        f"missing {', '.join(missing)} (e.g. use data.train.name=preferences)")
-    if len(ds) == 0:
-        raise UserError(f"{where}: the dataset is empty")
-
 
 def run_dpo_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bool = False) -> dict:
-    # run.py's helpers are reused read-only, so both algorithms treat output dirs, threads and data alike
-    from posttrain.run import (_build_dataset, _build_rewards, _is_main, build_trl_args, configure_threads,
-                               finish_run, load_policy, lora_config, prepare_metrics_file, prepare_output_dir,
-                               raise_if_stopped, resume_checkpoint, write_resolved_recipe)
+    from posttrain.errors import RunStopped
+    from posttrain.pipelines.checks import check_run
+    from posttrain.pipelines.outdirs import is_main as dirs_main, plan_run_dirs
 
-    unused = [k for k, v in (("weighting.tokens", recipe.weighting.tokens),
-                             ("weighting.sequences", recipe.weighting.sequences),
-                             ("weighting.objectives", recipe.weighting.objectives)) if v]
-    if unused:
-        raise UserError(f"{unused[0]}: not used by algorithm '{recipe.algorithm}' (DPO takes weighting.pairs)")
     t_start = time.time()
-    out = prepare_output_dir(recipe, resume)
+    dirs = plan_run_dirs(recipe, resume)
+    checked = check_run(recipe, out=dirs.work)  # everything checkable, before the output dir is touched
+    dirs.prepare()
+    try:
+        summary = _run_dpo(recipe, dirs.work, checked, recipe_path=recipe_path, overrides=overrides, resume=resume,
+                           t_start=t_start)
+    except UserError:
+        dirs.abandon()
+        raise
+    except RunStopped as exc:
+        raise RunStopped(f"{exc}{dirs.stopped_note()}") from None
+    dirs.commit()
+    if dirs_main():
+        print(f"[posttrain] done in {summary['wall_seconds']:.0f} s -> {dirs.final}", flush=True)
+    return summary
+
+
+def _run_dpo(recipe, out, checked, *, recipe_path, overrides, resume, t_start):
+    from posttrain.run import (_build_rewards, _is_main, build_trl_args, configure_threads, finish_run, load_policy,
+                               lora_config, prepare_metrics_file, raise_if_stopped, resume_checkpoint,
+                               write_resolved_recipe)
+
     ckpt = resume_checkpoint(out) if resume else None
     threads = configure_threads(recipe)
 
@@ -49,9 +52,7 @@ def run_dpo_recipe(recipe: Recipe, *, recipe_path: str, overrides=(), resume: bo
 
     set_seed(recipe.seed)
     write_resolved_recipe(out, recipe, recipe_path, overrides)
-    train_ds = _build_dataset(recipe.data.train, "data.train")
-    _check_pairs(train_ds, "data.train")
-    eval_ds = _build_dataset(recipe.data.eval, "data.eval") if recipe.data.eval else None
+    train_ds, eval_ds = checked.train_ds, checked.eval_ds
     summary: dict = {"recipe": recipe.name, "algorithm": recipe.algorithm, "model": recipe.model.name,
                      "seed": recipe.seed, "threads": threads, "eval": {}}
     if recipe.algorithm == "reward_model+dpo":
