@@ -188,9 +188,8 @@ def check_run(recipe, *, out: Optional[Path] = None, standalone: bool = False) -
     if standalone:
         with _one_process_env():
             return check_run(recipe, out=out)
-    from posttrain.run import build_trl_args  # noqa: PLC0415 - the run module builds TRL configs
-
     from .outdirs import final_dir
+    from .trl_args import build_trl_args
 
     out = Path(out) if out is not None else final_dir(recipe)
     check_report_to(recipe)
