@@ -286,3 +286,43 @@ def test_stopped_replacement_keeps_the_previous_run_and_resume_finishes_it(tmp_p
     res = _run("run", TINY, *common, "--resume")
     assert res.returncode == 0 and "nothing to train" in res.stdout, res.stdout + res.stderr[-2000:]
     assert tree_hash(prev) == after
+
+
+# ------------------------------------------------------------------ TRL fields are honoured, never overridden
+@pytest.mark.parametrize("overrides,expected", [
+    (["train.reward_weights=[2]", "rewards.0.weight=3"],
+     "train.reward_weights.0 (2) and rewards.0.weight (3.0) disagree; set the weights in one place"),
+    (["train.reward_weights=[1, 1]"], "train.reward_weights: 2 weight(s) for 1 reward(s)"),
+    (["train.reward_weights=[-1]"], "train.reward_weights.0: must be >= 0"),
+    (["train.logging_steps=3", "output.logging_steps=2"],
+     "train.logging_steps (3) and output.logging_steps (2) disagree; set one of them"),
+    (["train.logging_steps=0.5"], "train.logging_steps: posttrain logs every N optimizer steps"),
+    (["train.resume_from_checkpoint=/some/checkpoint-3"], "use 'posttrain run RECIPE --resume' instead"),
+])
+def test_trl_fields_owned_elsewhere_conflict_in_one_line(tmp_path, capfd, overrides, expected):
+    prev = previous_run(tmp_path)
+    before = tree_hash(prev)
+    code, _, err = cli(capfd, "run", TINY, *overrides, f"output.dir={prev}")
+    assert_one_line_error(code, err, expected)
+    assert tree_hash(prev) == before and not (tmp_path / "run.incoming").exists()
+
+
+def test_trl_fields_owned_elsewhere_are_honoured(tmp_path):
+    from posttrain.pipelines.grpo import GRPOPipeline
+    from posttrain.pipelines.skeleton import RunContext
+    from posttrain.recipes import load_recipe
+
+    def args_of(*overrides):
+        r = load_recipe(TINY, [*overrides, f"output.dir={tmp_path}"])
+        ctx = RunContext(recipe=r, out=tmp_path, resume=False, ckpt=None, train_ds=None, eval_ds=None, summary={})
+        return r, GRPOPipeline().trl_args(ctx)
+
+    r, args = args_of("train.reward_weights=[2.5]", "train.logging_steps=3")
+    assert r.rewards[0].weight == 2.5 and args.reward_weights == [2.5]  # TRL sees it (it used to be dropped)
+    assert r.output.logging_steps == 3 and args.logging_steps == 3
+    assert "reward_weights" not in r.train and "logging_steps" not in r.train  # one source of truth
+    r, args = args_of("train.reward_weights=[2]", "rewards.0.weight=2", "train.logging_steps=1",
+                      "output.logging_steps=1")  # both given, agreeing: fine
+    assert args.reward_weights == [2.0] and args.logging_steps == 1
+    r, args = args_of()
+    assert args.logging_steps == 1  # default unchanged
