@@ -326,3 +326,30 @@ def test_trl_fields_owned_elsewhere_are_honoured(tmp_path):
     assert args.reward_weights == [2.0] and args.logging_steps == 1
     r, args = args_of()
     assert args.logging_steps == 1  # default unchanged
+
+
+def test_interrupted_attempt_without_checkpoint_does_not_block_the_next_command(tmp_path, capfd, monkeypatch):
+    """Ctrl-C during set-up (after the run dir was created, before any checkpoint): the directory is removed
+    again, so the same command with output.overwrite=false is not refused afterwards."""
+    from posttrain.pipelines.grpo import GRPOPipeline
+
+    def interrupted(self, ctx):
+        assert (ctx.out / "recipe.resolved.yaml").is_file()  # the attempt had written into the run dir
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GRPOPipeline, "setup", interrupted)
+    out = tmp_path / "run"
+    code, _, err = cli(capfd, "run", TINY, f"output.dir={out}", "output.overwrite=false", "model.threads=1")
+    assert code == 130 and "interrupted" in err
+    assert not out.exists()
+    prev = previous_run(tmp_path)  # and when replacing a run: the previous one stays, nothing beside it
+    before = tree_hash(prev)
+    code, _, err = cli(capfd, "run", TINY, f"output.dir={prev}", "model.threads=1")
+    assert code == 130 and tree_hash(prev) == before and not (tmp_path / "run.incoming").exists()
+
+
+def test_resume_without_checkpoint_creates_nothing(tmp_path, capfd):
+    out = tmp_path / "never-ran"
+    code, _, err = cli(capfd, "run", TINY, f"output.dir={out}", "--resume")
+    assert_one_line_error(code, err, "--resume: no complete checkpoint in")
+    assert not out.exists()

@@ -100,9 +100,12 @@ def resume_checkpoint(out: Path) -> Path:
             print(f"[posttrain] resume: set aside incomplete checkpoint -> {moved}", flush=True)
     ckpt = latest_complete_checkpoint(trainer_dir)
     if ckpt is None:
-        raise UserError(f"--resume: no complete checkpoint in '{trainer_dir}' (set train.save_steps to write "
-                        f"checkpoints)")
+        raise UserError(_no_checkpoint(trainer_dir))
     return ckpt
+
+
+def _no_checkpoint(trainer_dir: Path) -> str:
+    return f"--resume: no complete checkpoint in '{trainer_dir}' (set train.save_steps to write checkpoints)"
 
 
 def already_finished(out: Path, recipe) -> Optional[str]:
@@ -253,6 +256,8 @@ class Pipeline:
 
 def run_pipeline(pipeline: Pipeline, recipe, *, recipe_path: str, overrides=(), resume: bool = False) -> dict:
     """``posttrain run`` of ``recipe`` with ``pipeline``: the summary dict (also written to summary.json)."""
+    from posttrain.trainers.checkpointing import latest_complete_checkpoint
+
     t_start = time.time()
     dirs = plan_run_dirs(recipe, resume)           # reads the file system only
     checked = check_run(recipe, out=dirs.work)     # everything checkable, before output.dir is touched
@@ -262,6 +267,8 @@ def run_pipeline(pipeline: Pipeline, recipe, *, recipe_path: str, overrides=(), 
             if is_main():
                 print(f"[posttrain] --resume: {done}", flush=True)
             return {"recipe": recipe.name, "algorithm": recipe.algorithm, "finished": True, "note": done}
+        if latest_complete_checkpoint(dirs.work / "trainer") is None:
+            raise UserError(_no_checkpoint(dirs.work / "trainer"))  # before anything is created
     dirs.prepare()
     try:
         summary = _train(pipeline, recipe, dirs.work, checked, recipe_path=recipe_path, overrides=overrides,
@@ -271,6 +278,12 @@ def run_pipeline(pipeline: Pipeline, recipe, *, recipe_path: str, overrides=(), 
         raise
     except RunStopped as exc:
         raise RunStopped(f"{exc}{dirs.stopped_note()}") from None
+    except BaseException:
+        # interrupted (Ctrl-C) or crashed: an attempt without a complete checkpoint has nothing to resume, and
+        # must not make the next command refuse ("already holds a run"); one with checkpoints is kept for --resume
+        if latest_complete_checkpoint(dirs.work / "trainer") is None:
+            dirs.abandon()
+        raise
     dirs.commit()
     if is_main():
         print(f"[posttrain] done in {summary['wall_seconds']:.0f} s -> {dirs.final}", flush=True)
