@@ -213,6 +213,9 @@ def _dispatch(args) -> int:
         return launch(path, args.overrides, recipe=recipe, nproc=args.nproc, master_port=args.master_port,
                       hostfile=args.hostfile, master_addr=args.master_addr, resume=args.resume, dry_run=args.dry_run)
     if args.command == "validate":
+        from posttrain.pipelines.checks import check_run
+
+        check_run(recipe, standalone=True)  # the same pre-flight checks `run` makes before it touches output.dir
         print(f"{path}: OK ({recipe.algorithm}, model {recipe.model.name}, {len(recipe.rewards)} reward(s))")
         return 0
     from posttrain.console import use_compact_progress, verbose

@@ -67,10 +67,10 @@ def evaluate_objectives(model_dir_or_name: str, recipe, n_prompts: int) -> dict:
 
     from posttrain.evaluation import generate_greedy
     from posttrain.models import load_model_and_tokenizer
-    from posttrain.run import _build_dataset, _build_rewards
+    from posttrain.run import build_dataset, build_rewards
 
     model, tok = load_model_and_tokenizer(model_dir_or_name, dtype=torch.float32, cache_dir=recipe.model.cache_dir)
-    ds = _build_dataset(recipe.data.eval, "data.eval")
+    ds = build_dataset(recipe.data.eval, "data.eval")
     ds = ds.select(range(min(n_prompts, len(ds))))
     prompts = list(ds["prompt"])
     max_new = int(recipe.train.get("max_completion_length", recipe.eval.max_new_tokens))
@@ -78,7 +78,7 @@ def evaluate_objectives(model_dir_or_name: str, recipe, n_prompts: int) -> dict:
     completions = [[{"role": "assistant", "content": t}] for t in texts] if isinstance(prompts[0], list) else texts
     columns = {c: list(ds[c]) for c in ds.column_names if c != "prompt"}
     scores = {}
-    for fn in _build_rewards(recipe.rewards, "rewards", tok):
+    for fn in build_rewards(recipe.rewards, "rewards", tok):
         vals = fn(prompts=prompts, completions=completions, completion_ids=ids, **columns)
         vals = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
         scores[fn.__name__] = sum(vals) / len(vals) if vals else float("nan")

@@ -61,7 +61,7 @@ def test_vllm_colocate_weight_sync(tmp_path, one_torch_thread):
 
     from posttrain.models import load_model_and_tokenizer
     from posttrain.recipes import load_recipe
-    from posttrain.run import _build_dataset, build_trl_args
+    from posttrain.run import build_dataset, build_trl_args
     from posttrain.trainers import PosttrainGRPOTrainer
 
     recipe = load_recipe(str(ROOT / "recipes" / "tiny_grpo.yaml"), [
@@ -69,7 +69,7 @@ def test_vllm_colocate_weight_sync(tmp_path, one_torch_thread):
         "rewards=[{name: 'test_rollout:token_parity'}]", f"output.dir={tmp_path}", "eval.enabled=false"])
     model, tok = load_model_and_tokenizer(recipe.model.name, dtype=getattr(torch, recipe.model.dtype))
     trainer = PosttrainGRPOTrainer(model=model, reward_funcs=[token_parity], args=build_trl_args(recipe, tmp_path),
-                                   train_dataset=_build_dataset(recipe.data.train, "data.train"),
+                                   train_dataset=build_dataset(recipe.data.train, "data.train"),
                                    processing_class=tok, weighting=recipe.weighting)
     from vllm import SamplingParams
 

@@ -60,8 +60,9 @@ def train_reward_model_margins(recipe: Recipe, ds, out: Path) -> Tuple[List[floa
     from trl import RewardConfig, RewardTrainer
 
     from posttrain.models import ModelLoadError, load_tokenizer, resolve_model_path
-    from posttrain.run import build_trl_args
     from posttrain.trainers import JsonlMetricsCallback
+
+    from .skeleton import build_trl_args, lora_config
 
     rm = recipe.reward_model
     try:
@@ -75,14 +76,8 @@ def train_reward_model_margins(recipe: Recipe, ds, out: Path) -> Tuple[List[floa
     model.config.pad_token_id = tokenizer.pad_token_id  # the score head reads the last non-pad token
     # the recipe's TRL defaults (bf16 / checkpointing off on CPU, seed, logging), with reward_model.train's fields
     rm_recipe = recipe.model_copy(update={"train": dict(rm.train)})
-    args = build_trl_args(rm_recipe, out, config_cls=RewardConfig)
-    peft_config = None
-    lora = rm.lora or recipe.model.lora
-    if lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=list(lora.target_modules), task_type="SEQ_CLS")
+    args = build_trl_args(rm_recipe, out, config_cls=RewardConfig, where="reward_model.train")
+    peft_config = lora_config(rm.lora or recipe.model.lora, task_type="SEQ_CLS")
     rm_ds = ds.select_columns(["prompt", "chosen", "rejected"])  # a 'margin' column would change TRL's RM loss
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -128,7 +123,7 @@ def score_pairs(trainer, ds, *, batch_size: int) -> List[float]:
 
 def add_margin_column(recipe: Recipe, ds, out: Path, *, resume: bool = False):
     """``(ds with a 'margin' column, summary dict)``. Cached in ``<out>/reward_model/margins.json``."""
-    from posttrain.run import _is_main
+    from .skeleton import is_main
 
     rm_dir = Path(out) / "reward_model"
     cache = rm_dir / "margins.json"
@@ -141,7 +136,7 @@ def add_margin_column(recipe: Recipe, ds, out: Path, *, resume: bool = False):
         else:
             margins, info = train_reward_model_margins(recipe, ds, rm_dir)
         info.update(_stats(margins, ds))
-        if _is_main():
+        if is_main():
             rm_dir.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(".tmp")
             tmp.write_text(json.dumps({"margins": margins, "info": info}))

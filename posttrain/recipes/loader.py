@@ -216,16 +216,51 @@ def _check_algorithm_sections(recipe: Recipe, source: str) -> None:
     if recipe.algorithm == "reward_model+dpo" and recipe.reward_model.source == "train":
         from trl import RewardConfig
 
-        reserved = [k for k in recipe.reward_model.train if k in ("output_dir", "seed", "report_to", "deepspeed")]
+        reserved = [k for k in recipe.reward_model.train
+                    if k in ("output_dir", "seed", "report_to", "deepspeed", "resume_from_checkpoint")]
         if reserved:
             raise RecipeError(f"{source}: reward_model.train.{reserved[0]}: set by posttrain from the recipe")
         _check_trl_fields(recipe.reward_model.train, RewardConfig, "reward_model.train", source)
+        _check_trl_values(recipe.reward_model.train, "reward_model.train", source)
 
 
 # The loss types TRL 1.16's DPOTrainer._compute_loss dispatches on; DPOConfig itself accepts any string and the
 # run would only fail at its first step.
 DPO_LOSS_TYPES = frozenset({"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
                             "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft"})
+
+
+# The loss types TRL 1.16's GRPOTrainer._compute_loss dispatches on; GRPOConfig accepts any string and the run
+# would only fail at its first step ("Unknown loss type").
+GRPO_LOSS_TYPES = frozenset({"grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"})
+
+
+def _check_trl_values(values: Dict[str, Any], prefix: str, source: str) -> None:
+    """Values TRL's configs accept but its trainers reject (or mishandle) only once training runs: reported now.
+
+    Shared by ``train`` and ``reward_model.train``; each key is checked only when present (the loader has already
+    checked that it is a field of the TRL config)."""
+    def fail(key: str, msg: str) -> None:
+        raise RecipeError(f"{source}: {prefix}.{key}: {msg} (got {values[key]!r})")
+
+    def number(key: str):
+        v = values.get(key)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    if number("temperature") is not None and values["temperature"] <= 0:
+        fail("temperature", "must be > 0 (sampling divides the logits by it)")
+    if number("gradient_accumulation_steps") is not None and values["gradient_accumulation_steps"] < 1:
+        fail("gradient_accumulation_steps", "must be >= 1")
+    for key in ("max_completion_length", "max_length", "max_prompt_length"):
+        if number(key) is not None and values[key] <= 0:
+            fail(key, "must be > 0 (or null where TRL allows no limit)")
+    if values.get("push_to_hub"):
+        fail("push_to_hub", "posttrain runs offline and never pushes to a hub; the trained model is saved in "
+                            "<output.dir>/model (output.save_model)")
+    strategy = values.get("eval_strategy")
+    if strategy is not None and str(getattr(strategy, "value", strategy)) != "no":
+        fail("eval_strategy", "TRL's in-training evaluation is not used by posttrain (no eval_dataset is passed "
+                              "to the trainer; data.eval is evaluated before and after training, see eval); use 'no'")
 
 
 def _check_train_section(recipe: Recipe, source: str) -> None:
@@ -235,6 +270,10 @@ def _check_train_section(recipe: Recipe, source: str) -> None:
     else:
         from trl import DPOConfig as cfg_cls
     _check_trl_fields(recipe.train, cfg_cls, "train", source)
+    _check_trl_values(recipe.train, "train", source)
+    if recipe.algorithm == "grpo" and "loss_type" in recipe.train and recipe.train["loss_type"] not in GRPO_LOSS_TYPES:
+        raise RecipeError(f"{source}: train.loss_type: unknown GRPO loss type {recipe.train['loss_type']!r}; "
+                          f"TRL 1.16 knows: {', '.join(sorted(GRPO_LOSS_TYPES))}")
     # Values TRL would reject in __post_init__ with a multi-line traceback: check the common ones here.
     ng = recipe.train.get("num_generations", 8 if recipe.algorithm == "grpo" else None)
     if recipe.algorithm == "grpo" and isinstance(ng, int) and ng < 2:

@@ -199,7 +199,10 @@ class Recipe(_Strict):
     rollout: RolloutSection = Field(default_factory=RolloutSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     train: Dict[str, Any] = Field(
-        default_factory=dict, description="TRL config fields (GRPOConfig / DPOConfig), passed through after checks."
+        default_factory=dict, description="TRL config fields (GRPOConfig / DPOConfig), passed through after checks. "
+        "Fields posttrain owns elsewhere are honoured, never overridden in silence: logging_steps sets "
+        "output.logging_steps, reward_weights (GRPO) sets rewards[i].weight (an error when either is also set "
+        "to another value); resume_from_checkpoint is an error (use --resume)."
     )
     eval: EvalSection = Field(default_factory=EvalSection)
     reliability: ReliabilitySection = Field(default_factory=ReliabilitySection)
@@ -209,7 +212,7 @@ class Recipe(_Strict):
     @classmethod
     def _reserved_train_keys(cls, v: Dict[str, Any]) -> Dict[str, Any]:
         reserved = {"output_dir": "output.dir", "seed": "seed", "report_to": "output.report_to",
-                    "logging_steps": "output.logging_steps", "deepspeed": "distributed",
+                    "resume_from_checkpoint": "posttrain run RECIPE --resume", "deepspeed": "distributed",
                     "use_vllm": "rollout.engine", "vllm_mode": "rollout.mode",
                     "vllm_server_base_url": "rollout.server_base_url",
                     "vllm_gpu_memory_utilization": "rollout.gpu_memory_utilization"}
@@ -217,6 +220,39 @@ class Recipe(_Strict):
             if key in v:
                 raise ValueError(f"'{key}' is set by posttrain; use '{where}' instead")
         return v
+
+    @model_validator(mode="after")
+    def _fold_train_keys(self):
+        """TRL fields that posttrain sets from its own sections, given under ``train:``: moved to that section
+        (one source of truth, shown in recipe.resolved.yaml); both given with different values is an error."""
+        train = self.train
+        if "logging_steps" in train:
+            v = train["logging_steps"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 1 or v != int(v):
+                raise ValueError(f"train.logging_steps: posttrain logs every N optimizer steps, so it must be a "
+                                 f"whole number >= 1 (got {v!r})")
+            if "logging_steps" in self.output.model_fields_set and self.output.logging_steps != int(v):
+                raise ValueError(f"train.logging_steps ({v}) and output.logging_steps "
+                                 f"({self.output.logging_steps}) disagree; set one of them")
+            self.output.logging_steps = int(train.pop("logging_steps"))
+        if self.algorithm == "grpo" and "reward_weights" in train:
+            rw = train["reward_weights"]
+            if rw is not None:
+                if not isinstance(rw, list) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                                       for w in rw):
+                    raise ValueError(f"train.reward_weights: must be a list of numbers, one per reward (got {rw!r})")
+                if len(rw) != len(self.rewards):
+                    raise ValueError(f"train.reward_weights: {len(rw)} weight(s) for {len(self.rewards)} reward(s)")
+                for i, (w, spec) in enumerate(zip(rw, self.rewards)):
+                    if w < 0:
+                        raise ValueError(f"train.reward_weights.{i}: must be >= 0, as rewards.{i}.weight (got {w})")
+                    if "weight" in spec.model_fields_set and spec.weight != float(w):
+                        raise ValueError(f"train.reward_weights.{i} ({w}) and rewards.{i}.weight ({spec.weight}) "
+                                         f"disagree; set the weights in one place")
+                for w, spec in zip(rw, self.rewards):
+                    spec.weight = float(w)
+            train.pop("reward_weights")
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self):
