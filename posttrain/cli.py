@@ -204,9 +204,6 @@ def _dispatch(args) -> int:
         recipe = load_recipe(path, args.overrides)
     except RecipeError as exc:
         raise UserError(str(exc)) from None
-    from posttrain.tracking import check_report_to
-
-    check_report_to(recipe.output.report_to)  # a missing tensorboard is one line now, not a traceback later
     if args.command == "launch":
         from posttrain.launch import launch
 

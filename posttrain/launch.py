@@ -36,6 +36,15 @@ def build_launch_command(recipe: str, overrides: Sequence[str] = (), *, nproc: i
     return cmd
 
 
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+
+
 def launch(recipe_path: str, overrides: Sequence[str], *, recipe=None, nproc: int, master_port: Optional[int],
            hostfile: Optional[str], master_addr: Optional[str], resume: bool, dry_run: bool) -> int:
     import os
@@ -44,6 +53,12 @@ def launch(recipe_path: str, overrides: Sequence[str], *, recipe=None, nproc: in
 
     if recipe is not None and (recipe.distributed.zero_stage or recipe.distributed.config):
         deepspeed_config(recipe.distributed)  # a missing / unreadable config: one line here, not once per rank
+    if recipe is not None and not dry_run:
+        from posttrain.pipelines.checks import check_run
+
+        check_run(recipe, standalone=True)  # bad input: one line here, before any rank starts
+    if not _has_cuda():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # the launcher's own "Setting accelerator to CPU" warning
 
     if hostfile is not None and not os.path.isfile(hostfile):
         raise UserError(f"--hostfile '{hostfile}' does not exist")

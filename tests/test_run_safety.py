@@ -110,7 +110,7 @@ BAD_INPUTS = [
     ("TRL post-init check", TINY, ["train.per_device_train_batch_size=3"],
      "train: generation_batch_size (3) must be divisible by num_generations (4)"),
     ("tracking backend missing", TINY, ["output.report_to=[wandb]"],
-     "output.report_to.0: logging backend 'wandb' is not usable"),
+     "output.report_to.0: logging backend 'wandb' is not installed"),
     ("tracking backend unknown", TINY, ["output.report_to=[tensorbored]"],
      "output.report_to.0: unknown logging backend 'tensorbored'"),
     ("DPO data without pairs", TINY_DPO, ["data.train={name: file, args: {path: '{data:prompts}'}}"],

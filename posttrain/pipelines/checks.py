@@ -150,21 +150,11 @@ def check_model_name(recipe) -> None:
 
 
 def check_report_to(recipe) -> None:
-    """Every backend of ``output.report_to`` is one transformers knows and its package is installed."""
-    backends = [b for b in recipe.output.report_to if b not in ("none", "all")]
-    if not backends:
-        return
-    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+    """Every backend of ``output.report_to`` is one transformers knows and its package is installed
+    (:func:`posttrain.tracking.check_report_to`)."""
+    from posttrain.tracking import check_report_to as check_backends
 
-    for i, name in enumerate(backends):
-        if name not in INTEGRATION_TO_CALLBACK:
-            raise UserError(f"output.report_to.{i}: unknown logging backend '{name}'; transformers knows "
-                            f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
-        try:
-            INTEGRATION_TO_CALLBACK[name]()  # raises when the backend's package is missing
-        except (ImportError, RuntimeError) as exc:
-            raise UserError(f"output.report_to.{i}: logging backend '{name}' is not usable: "
-                            f"{_first_line(exc)}") from None
+    check_backends(recipe.output.report_to)
 
 
 @contextlib.contextmanager

@@ -200,7 +200,8 @@ def finish_run(trainer, tokenizer, recipe, out: Path, summary: dict, *, t_start:
         save_final_model(trainer, tokenizer, out / "model", is_main=is_main())
     if is_main():
         if recipe.output.plots:
-            plot_curves(metrics_path, out / "training_curves.png", title=f"{recipe.name} ({recipe.model.name})")
+            plot_curves(metrics_path, out / "training_curves.png", title=f"{recipe.name} ({recipe.model.name})",
+                        eval_summary=summary.get("eval"))
         summary["wall_seconds"] = round(time.time() - t_start, 1)
         write_json(out / "summary.json", summary)
     return summary
