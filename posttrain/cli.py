@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=5 output.dir=/tmp/x")
     r.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output.dir")
+    r.add_argument("--trl-config", "--trl_config", default=None, metavar="FILE",
+                   help="a TRL YAML config (as for `trl grpo --config`): its fields override the recipe's "
+                        "(model_name_or_path -> model.name, output_dir -> output.dir, others -> train.*)")
     r.add_argument("--verbose", action="store_true",
                    help="print every logged metrics dict under the progress bar (default: a short postfix; the "
                    "full dicts are always in metrics.jsonl)")
@@ -39,11 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     la.add_argument("--dry-run", "--dry_run", action="store_true", help="print the launcher command, do not run it")
     la.add_argument("--resume", action="store_true", help="passed to `posttrain run`")
     la.add_argument("--verbose", action="store_true", help="as `posttrain run --verbose` (on every process)")
+    la.add_argument("--trl-config", "--trl_config", default=None, metavar="FILE", help="as for `posttrain run`")
     la.add_argument("recipe")
     la.add_argument("overrides", nargs="*")
     v = sub.add_parser("validate", help="check a recipe (and overrides) without running it")
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*")
+    v.add_argument("--trl-config", "--trl_config", default=None, metavar="FILE", help="as for `posttrain run`")
     sub.add_parser("recipes", help="list the shipped recipes")
     st = sub.add_parser("strategies", help="list every registered strategy by kind (token, sequence, advantage, "
                         "objective, pair) with its one-line description")
@@ -201,6 +206,10 @@ def _dispatch(args) -> int:
     path = _resolve_recipe_path(args.recipe)
     add_user_import_paths(path)  # before the recipe is checked: it imports 'pkg.mod:fn' names
     try:
+        if getattr(args, "trl_config", None):  # TRL's fields first; key=value overrides still win
+            from posttrain.recipes.loader import trl_config_overrides
+
+            args.overrides = trl_config_overrides(args.trl_config) + list(args.overrides)
         recipe = load_recipe(path, args.overrides)
     except RecipeError as exc:
         raise UserError(str(exc)) from None

@@ -266,3 +266,22 @@ def test_arithmetic_distinct_counts_each_commutative_problem_once():
     assert len(minus) == len(arithmetic_problems(None, low=1, high=9, op="-", split="heldout"))  # 5-3 != 3-5
     with pytest.raises(DataError, match="distinct must be true or false"):
         arithmetic_problems(2, distinct="yes")
+
+
+def test_file_builder_reads_trl_implicit_prompt_preferences(tmp_path):
+    from trl.data_utils import maybe_extract_prompt
+
+    user = {"role": "user", "content": "What color is the sky?"}
+    rows = [{"chosen": [user, {"role": "assistant", "content": "It is blue."}],
+             "rejected": [user, {"role": "assistant", "content": "It is green."}]},
+            {"chosen": "The sky is blue.", "rejected": "The sky is green."}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(rows[0]) + "\n")
+    ds = DATASETS.get("file")(path=str(path))
+    assert ds[0]["prompt"] == [user]
+    assert ds[0]["chosen"] == [{"role": "assistant", "content": "It is blue."}]
+    assert dict(ds[0]) == {**maybe_extract_prompt(rows[0])}
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps(rows[1]) + "\n")
+    ds = DATASETS.get("file")(path=str(plain))
+    assert ds[0]["prompt"] == "The sky is" and ds[0]["chosen"] == " blue."  # TRL's string-prefix rule

@@ -64,7 +64,9 @@ def load_prompt_file(
     with ``datasets.load_dataset`` and return a ``datasets.Dataset`` whose prompt column is named ``prompt``.
 
     * ``prompt_key``: the column holding the prompt (a string, or a list of ``{"role", "content"}`` messages in
-      json/jsonl/parquet); it is renamed to ``prompt``. Every other column is kept (TRL hands them to the rewards,
+      json/jsonl/parquet); it is renamed to ``prompt``. Preference pairs in TRL's implicit-prompt format
+      (``chosen`` / ``rejected`` holding the whole conversation, no ``prompt`` column) get their prompt extracted as
+      TRL does (``trl.data_utils.maybe_extract_prompt``). Every other column is kept (TRL hands them to the rewards,
       e.g. an ``answer`` column for ``math_answer``).
     * ``split``: ``None`` (default) → every row in file order; ``"train"`` / ``"heldout"`` → a deterministic
       disjoint split by a hash of the prompt (``heldout_fraction`` held out), as for the built-in datasets.
@@ -114,6 +116,12 @@ def load_prompt_file(
 
     if len(ds) == 0:
         raise DataError(f"dataset file '{p}' has no rows")
+    if prompt_key == "prompt" and {"chosen", "rejected"} <= set(ds.column_names):
+        # TRL's implicit-prompt preference format: the prompt is the shared start of chosen and rejected (TRL's own
+        # maybe_extract_prompt, as its DPOTrainer applies it; a conversational 'prompt' column is kept as is)
+        from trl.data_utils import maybe_extract_prompt
+
+        ds = ds.map(maybe_extract_prompt, desc=None)
     if prompt_key not in ds.column_names:
         raise DataError(
             f"dataset file '{p}' has no column '{prompt_key}'; columns present: {', '.join(ds.column_names)}"

@@ -395,3 +395,50 @@ def shipped_recipes(directory: Optional[Path] = None) -> List[Tuple[str, str, Pa
             desc = "(unreadable)"
         out.append((p.stem, desc, p))
     return out
+
+
+# --trl-config: a TRL YAML config (as for `trl grpo --config file.yaml`) becomes recipe overrides. Keys of TRL's
+# ScriptArguments / ModelConfig that posttrain sets elsewhere are mapped; every other key is a train: field.
+_TRL_KEY_MAP = {"model_name_or_path": "model.name", "output_dir": "output.dir", "seed": "seed",
+                "report_to": "output.report_to", "logging_steps": "output.logging_steps",
+                "vllm_mode": "rollout.mode", "vllm_server_base_url": "rollout.server_base_url",
+                "vllm_gpu_memory_utilization": "rollout.gpu_memory_utilization", "deepspeed": "distributed.config",
+                "trust_remote_code": "model.trust_remote_code", "dtype": "model.dtype", "torch_dtype": "model.dtype"}
+_TRL_LORA_KEYS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "lora_target_modules": "target_modules"}
+_TRL_DATA_KEYS = ("dataset_name", "dataset_config", "dataset_train_split", "dataset_test_split", "datasets")
+
+
+def trl_config_overrides(path: str | Path) -> List[str]:
+    """Dotted recipe overrides equivalent to a TRL YAML config file (one line errors naming the file and key).
+
+    ``model_name_or_path`` -> ``model.name``, ``output_dir`` -> ``output.dir``, ``report_to`` / ``logging_steps`` ->
+    ``output.*``, ``use_vllm`` / ``vllm_*`` -> ``rollout.*``, ``deepspeed`` -> ``distributed.config``, ``use_peft`` with
+    ``lora_*`` -> ``model.lora``, ``dtype`` -> ``model.dtype``; every other key -> ``train.<key>`` (checked against
+    TRL's config class like any ``train:`` key). Hub dataset keys are refused: data comes from ``data.train``."""
+    path = Path(path)
+    data = _read_yaml(path)
+    out: List[str] = []
+
+    def add(key: str, value: Any) -> None:
+        dumped = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip()
+        out.append(f"{key}={dumped.removesuffix('...').strip()}")
+
+    lora = {_TRL_LORA_KEYS[k]: v for k, v in data.items() if k in _TRL_LORA_KEYS and v is not None}
+    for key, value in data.items():
+        if key in _TRL_DATA_KEYS:
+            raise RecipeError(f"{path}: {key}: posttrain reads its data from data.train / data.eval (local files or "
+                              f"built-in datasets), not from a hub dataset; remove it from the TRL config")
+        if key in _TRL_LORA_KEYS or key == "use_peft":
+            continue
+        if key == "use_vllm":
+            add("rollout.engine", "vllm" if value else "hf")
+        elif key in _TRL_KEY_MAP:
+            add(_TRL_KEY_MAP[key], [value] if key == "report_to" and isinstance(value, str) else value)
+        else:
+            add(f"train.{key}", value)
+    if data.get("use_peft"):
+        add("model.lora", lora)
+    elif lora:
+        raise RecipeError(f"{path}: {', '.join(sorted(k for k in data if k in _TRL_LORA_KEYS))}: set use_peft: true "
+                          f"to train LoRA adapters (or remove the lora_* keys)")
+    return out
