@@ -16,7 +16,7 @@ from posttrain.errors import UserError
 from posttrain.losses import dpo_loss, rpo_nll_term, weighted_preference_loss
 from posttrain.registry import RegistryError
 from posttrain.weighting.pair_specs import build_pair_weighting, dry_run_pair_specs
-from posttrain.weighting.pairs import (PAIR_STRATEGIES, BetaDPO, BetaDPOStrategy, MADPOStrategy, build_pair_strategies,
+from posttrain.weighting.pairs import (BetaDPO, BetaDPOStrategy, MADPOStrategy, build_pair_strategies,
                                        madpo_weights, required_columns, rpo_trl_args, split_pair_strategies)
 from posttrain.weighting.protocol import PairContext, StrategyError, build_strategy, registered
 
@@ -42,7 +42,6 @@ def _ctx(gaps=None, *, margins=None, mode="train", generator=None, dtype=torch.f
 def test_builtins_registered_and_compat_registry():
     assert registered("pair")["madpo"] is MADPOStrategy
     assert registered("pair")["beta_dpo"] is BetaDPOStrategy
-    assert PAIR_STRATEGIES.get("madpo") is madpo_weights and PAIR_STRATEGIES.get("beta_dpo") is BetaDPO
     assert MADPOStrategy.columns == ("margin",) and "2510.05342" in MADPOStrategy.cite
     assert "2407.08639" in BetaDPOStrategy.cite
     for cls in (MADPOStrategy, BetaDPOStrategy):

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from posttrain.weighting.objectives import (
-    OBJECTIVE_STRATEGIES,
     ConvergenceInstabilityWeights,
     FixedWeights,
     GradientWeights,
@@ -569,13 +568,19 @@ def test_trust_weights_annealing_roundtrip():
 # registry
 # ======================================================================================================================
 def test_registry():
-    assert set(OBJECTIVE_STRATEGIES.names()) >= {
+    from posttrain.weighting.protocol import StrategyEnv, build_strategy, registered
+
+    assert set(registered("objective")) >= {
         "fixed", "hypervolume", "gradient", "lagrangian", "recap", "convergence_instability", "trust"
     }
-    assert OBJECTIVE_STRATEGIES.get("recap") is ConvergenceInstabilityWeights
-    assert OBJECTIVE_STRATEGIES.get("hypervolume") is HypervolumeWeights
-    s = OBJECTIVE_STRATEGIES.get("fixed")([1, 3])
-    assert s.weights() == [0.25, 0.75]
+    assert registered("objective")["recap"] is registered("objective")["convergence_instability"]
+    assert isinstance(build_strategy("objective", {"name": "recap"}, StrategyEnv(reward_names=("a", "b"))).weighting,
+                      ConvergenceInstabilityWeights)
+    hv = build_strategy("objective", {"name": "hypervolume"}, StrategyEnv(reward_names=("a",), reward_weights=(1.0,),
+                                                                            has_eval_data=True))
+    assert isinstance(hv.weighting, HypervolumeWeights)
+    s = build_strategy("objective", {"name": "fixed"}, StrategyEnv(reward_names=("a", "b"), reward_weights=(1, 3)))
+    assert s.weighting.weights() == [0.25, 0.75]
 
 
 def test_docs_example_runs():

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posttrain.weighting.pairs import PAIR_STRATEGIES, BetaDPO, madpo_coefficient, madpo_weights
+from posttrain.weighting.pairs import BetaDPO, BetaDPOStrategy, MADPOStrategy, madpo_coefficient, madpo_weights
+from posttrain.weighting.protocol import registered, strategy_class
 
 
 def _sig(x: float) -> float:
@@ -88,9 +89,9 @@ def test_madpo_shapes_dtypes_detached():
 
 
 def test_madpo_registry():
-    assert PAIR_STRATEGIES.get("madpo") is madpo_weights
-    assert PAIR_STRATEGIES.get("beta_dpo") is BetaDPO
-    assert PAIR_STRATEGIES.get("posttrain.weighting.pairs:madpo_weights") is madpo_weights
+    assert registered("pair")["madpo"] is MADPOStrategy and registered("pair")["beta_dpo"] is BetaDPOStrategy
+    assert strategy_class("pair", "posttrain.weighting.pairs:MADPOStrategy") is MADPOStrategy
+    assert "2510.05342" in MADPOStrategy.cite and "2407.08639" in BetaDPOStrategy.cite
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)

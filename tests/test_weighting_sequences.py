@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from posttrain.weighting.protocol import registered
 from posttrain.weighting.sequences import (
-    SEQUENCE_STRATEGIES,
     LossSampleWeighter,
     dra_adjust_rewards,
     dra_weights,
@@ -90,7 +90,7 @@ def test_dra_adjust_rewards_and_registry():
         dra_adjust_rewards(torch.tensor([1.0, float("inf"), 0.0]), e)
     with pytest.raises(ValueError):
         dra_adjust_rewards(torch.tensor([1.0, 0.0]), e)
-    assert SEQUENCE_STRATEGIES.get("dra") is dra_weights
+    assert registered("sequence")["dra"].name == "dra"  # the recipe name resolves to the method's strategy
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
@@ -181,7 +181,7 @@ def test_seed_scale_validation():
 def test_seed_prompt_scales_end_to_end_and_registry():
     s = seed_grpo_prompt_scales([["a", "a", "b", "c"], ["1", "1", "1", "1"], ["z"]])
     assert s.tolist() == pytest.approx([0.985, 1.0, 1.0], rel=1e-6)
-    assert SEQUENCE_STRATEGIES.get("seed") is seed_grpo_prompt_scales
+    assert registered("sequence")["seed"].name == "seed"
 
 
 @settings(max_examples=50, deadline=None, derandomize=True)
@@ -277,7 +277,7 @@ def test_loss_weighter_burn_in_and_state(tmp_path):
         LossSampleWeighter().weights(torch.tensor([float("inf")]))
     with pytest.raises(ValueError):
         LossSampleWeighter(burn_in_steps=-1)
-    assert SEQUENCE_STRATEGIES.get("loss_reweighting") is LossSampleWeighter
+    assert isinstance(registered("sequence")["loss_reweighting"]().weighter, LossSampleWeighter)
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)

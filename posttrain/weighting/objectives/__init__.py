@@ -31,7 +31,6 @@ Pure functions: :func:`hypervolume`, :func:`hypervolume_contribution`, :func:`pa
 """
 from __future__ import annotations
 
-from posttrain.registry import Registry
 from posttrain.weighting.objectives._common import ObjectiveWeighting
 from posttrain.weighting.objectives.fixed import FixedConfig, FixedStrategy, FixedWeights
 from posttrain.weighting.objectives.gradient import GradientConfig, GradientStrategy, GradientWeights, gram_alignment
@@ -54,7 +53,6 @@ from posttrain.weighting.objectives.recap import (
 from posttrain.weighting.objectives.trust import TrustConfig, TrustStrategy, TrustWeighting
 
 __all__ = [
-    "OBJECTIVE_STRATEGIES",
     "ObjectiveWeighting",
     "FixedWeights",
     "HypervolumeWeights",
@@ -76,11 +74,3 @@ __all__ = [
     "meta_reward_from_hvc",
 ]
 
-OBJECTIVE_STRATEGIES = Registry("objective weighting strategy")
-OBJECTIVE_STRATEGIES.register("fixed", FixedWeights)
-OBJECTIVE_STRATEGIES.register("hypervolume", HypervolumeWeights)
-OBJECTIVE_STRATEGIES.register("gradient", GradientWeights)
-OBJECTIVE_STRATEGIES.register("lagrangian", LagrangianWeights)
-OBJECTIVE_STRATEGIES.register("recap", RecapWeights)
-OBJECTIVE_STRATEGIES.register("convergence_instability", RecapWeights)  # alias
-OBJECTIVE_STRATEGIES.register("trust", TrustWeighting)

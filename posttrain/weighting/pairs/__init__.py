@@ -16,15 +16,13 @@ is a :class:`~posttrain.weighting.protocol.Strategy` subclass given by import pa
 House rules: every returned weight is detached; any finite input gives finite output; a non-finite input raises
 ``ValueError`` naming the argument. Batch statistics are computed over exactly the tensors handed in (the strategy
 all-gathers through ``ctx.all_gather`` where the method's scope is global).
-
-:data:`PAIR_STRATEGIES` is the pre-protocol registry (name -> pure function / class), kept for compatibility: the
-recipe layer's name and argument checks still read it (``posttrain.weighting.registries``).
+The strategy classes are registered with the protocol (``protocol.registered("pair")``).
 """
 from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence, Tuple
 
-from posttrain.registry import Registry, RegistryError
+from posttrain.registry import RegistryError
 from posttrain.weighting.protocol import HOOKS, Strategy, StrategyEnv, StrategyError, build_strategy, implemented_hooks
 
 from . import rpo
@@ -36,7 +34,6 @@ __all__ = [
     "madpo_coefficient",
     "madpo_weights",
     "BetaDPO",
-    "PAIR_STRATEGIES",
     "MADPOConfig",
     "MADPOStrategy",
     "BetaDPOConfig",
@@ -48,9 +45,6 @@ __all__ = [
     "required_columns",
 ]
 
-PAIR_STRATEGIES = Registry("pair weighting strategy")
-PAIR_STRATEGIES.register("madpo", madpo_weights)
-PAIR_STRATEGIES.register("beta_dpo", BetaDPO)
 
 
 def _label(strategy: Strategy) -> str:

@@ -19,14 +19,10 @@ Every strategy works on the gathered batch (the ``N`` completions of all process
 trainer keeps its own rows afterwards. House rules: every returned weight is detached; any finite input gives
 finite output (empty, single element, all-equal, zero variance); a non-finite input raises ``ValueError`` naming
 the argument. Batch statistics are computed over exactly the tensors handed in.
-
-``SEQUENCE_STRATEGIES`` (name -> pure function / weighter class) is kept for code written against the registry
-that predates the strategy protocol; the protocol's registry (``protocol.registered("sequence")``) holds the
-strategy classes.
+The strategy classes are registered with the protocol (``protocol.registered("sequence")``).
 """
 from __future__ import annotations
 
-from posttrain.registry import Registry
 from posttrain.weighting.sequences.dra import DiversityRewardAdjustment, DRAConfig, dra_adjust_rewards, dra_weights
 from posttrain.weighting.sequences.loss_reweighting import (
     LOSS_STRATEGIES,
@@ -54,7 +50,6 @@ __all__ = [
     "loss_sample_weights",
     "LossSampleWeighter",
     "LOSS_STRATEGIES",
-    "SEQUENCE_STRATEGIES",
     "token_mean_nll",
     "final_answers",
     "DRAConfig",
@@ -65,7 +60,3 @@ __all__ = [
     "LossReweighting",
 ]
 
-SEQUENCE_STRATEGIES = Registry("sequence weighting strategy")
-SEQUENCE_STRATEGIES.register("dra", dra_weights)
-SEQUENCE_STRATEGIES.register("seed", seed_grpo_prompt_scales)
-SEQUENCE_STRATEGIES.register("loss_reweighting", LossSampleWeighter)
