@@ -178,20 +178,8 @@ class PosttrainGRPOTrainer(DynamicSamplingMixin, TokenLossMixin, RewardFailureMi
             log=self._log_metric)
 
     def _trl_rollout(self, inputs):
-        try:
+        with self.guard.diverged_sampling(self.state):  # NaN/inf sampling probabilities: stop with diagnostics
             return super()._generate_and_score_completions(inputs)
-        except RuntimeError as exc:
-            if "probability tensor contains" not in str(exc):
-                raise
-            # Sampling met NaN/inf probabilities: the weights themselves have diverged (e.g. a far too large
-            # learning rate).  Nothing in this state is worth a checkpoint; stop with diagnostics.
-            self.guard.stop_reason = "diverged"
-            path = self.guard.write_diagnostics(self.state, [], event="non-finite sampling probabilities")
-            raise RunStopped(
-                f"the policy's sampling probabilities became non-finite at step {self.state.global_step + 1} "
-                f"(the weights diverged; lower train.learning_rate?); diagnostics in {path}; resume from the last "
-                f"complete checkpoint, if any, with --resume"
-            ) from None
 
     def _generate_and_score_completions(self, inputs):
         recompute = self._dynamic_sampling is not None and self.model.training

@@ -17,6 +17,7 @@ not detected here.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,6 +27,8 @@ from typing import Optional
 
 import torch
 from transformers import TrainerCallback
+
+from posttrain.errors import RunStopped
 
 logger = logging.getLogger("posttrain.trainers")
 
@@ -92,6 +95,22 @@ class StepGuard(TrainerCallback):
             control.should_save = True  # the last good weights, whatever save_strategy says
             control.should_training_stop = True
         return control
+
+    @contextlib.contextmanager
+    def diverged_sampling(self, state):
+        """Around generation: sampling that met NaN/inf probabilities means the weights themselves diverged (e.g. a
+        far too large learning rate). Nothing in this state is worth a checkpoint; stop with diagnostics."""
+        try:
+            yield
+        except RuntimeError as exc:
+            if "probability tensor contains" not in str(exc):
+                raise
+            self.stop_reason = "diverged"
+            path = self.write_diagnostics(state, [], event="non-finite sampling probabilities")
+            raise RunStopped(
+                f"the policy's sampling probabilities became non-finite at step {state.global_step + 1} (the weights "
+                f"diverged; lower train.learning_rate?); diagnostics in {path}; resume from the last complete "
+                f"checkpoint, if any, with --resume") from None
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
