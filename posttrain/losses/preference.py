@@ -59,7 +59,7 @@ def dpo_loss(
         ``(losses [B], chosen_rewards [B], rejected_rewards [B])`` with the rewards
         ``beta * (log pi - log pi_ref)`` detached, as TRL logs them.
 
-    The RPO / "DPO + NLL" variant (Pang et al. 2024, Iterative Reasoning Preference Optimization; TRL 1.16:
+    RPO (Liu et al., NeurIPS 2024, arXiv 2405.16436: DPO plus an SFT term on the chosen response; TRL 1.16:
     ``loss_type=["sigmoid", "sft"]``, ``loss_weights=[1, alpha]``) adds
     ``alpha * rpo_nll_term(chosen_token_logps, chosen_mask)`` to ``losses.mean()``.
     """
@@ -106,10 +106,12 @@ def dpo_loss(
 
 
 def rpo_nll_term(chosen_token_logps: torch.Tensor, chosen_mask: torch.Tensor) -> torch.Tensor:
-    """RPO's NLL term (Pang et al. 2024, "Iterative Reasoning Preference Optimization", the DPO+NLL loss) as
-    TRL 1.16 computes it (``sft`` loss type): the mean negative log-likelihood over all valid chosen tokens of the
-    batch, ``-chosen_per_token_logps[chosen_mask.bool()].mean()``. (The paper normalises each sequence's NLL by its
-    length before averaging; TRL, and so this, averages over tokens.) 0 (not NaN) when the mask is empty.
+    """RPO's SFT term on the chosen response (Liu et al., "Provably Mitigating Overoptimization in RLHF: Your SFT
+    Loss is Implicitly an Adversarial Regularizer", NeurIPS 2024, arXiv 2405.16436; see
+    :mod:`posttrain.weighting.pairs.rpo`) as TRL 1.16 computes it (``sft`` loss type): the mean negative
+    log-likelihood over all valid chosen tokens of the batch, ``-chosen_per_token_logps[chosen_mask.bool()].mean()``.
+    (The paper's term is a per-sequence sum of log-likelihoods, so long responses weigh more there; TRL, and so this,
+    averages over tokens.) 0 (not NaN) when the mask is empty.
 
     Args:
         chosen_token_logps: ``[B, T]`` per-token log-probs of the chosen completions.
