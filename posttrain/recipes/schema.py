@@ -1,6 +1,6 @@
 """The recipe schema.  Every key is validated; unknown keys are errors.
 
-Sections follow design.md: ``model``, ``data``, ``rewards``, ``algorithm``, ``weighting``, ``rollout``,
+Sections: ``model``, ``data``, ``rewards``, ``algorithm``, ``weighting``, ``rollout``,
 ``distributed``, ``train`` (TRL's own config field names, passed through), ``eval``, ``output``.
 ``docs/recipes.md`` is generated from these models (``python scripts/gen_recipe_docs.py``) and a test
 checks that it is in sync.

@@ -1,6 +1,6 @@
 """Input checks shared by every weighting strategy (torch only).
 
-House rule (design.md): a non-finite input is an error with a clear message, never a silent NaN.
+House rule: a non-finite input is an error with a clear message, never a silent NaN.
 """
 from __future__ import annotations
 
