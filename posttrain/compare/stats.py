@@ -15,6 +15,7 @@ Everything here takes plain numbers or arrays and returns plain dicts, so it can
 from __future__ import annotations
 
 import math
+import warnings
 from statistics import NormalDist
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -152,7 +153,8 @@ def bootstrap_mean(x: np.ndarray, *, resamples: int = 2000, seed: int = 0, confi
     s, n = x.shape
     rng = np.random.default_rng(seed)
     stats: List[np.ndarray] = []
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> NaN, dropped below
         point = float(np.nanmean(np.nanmean(x, axis=1)))
         for start in range(0, resamples, chunk):
             b = min(chunk, resamples - start)
