@@ -241,8 +241,9 @@ def render_markdown(plan: Plan, a: Dict, png_name: Optional[str]) -> str:
         if d is None:
             L.append(f"- `{arm}` − `{spec.baseline}`: n/a (no paired finished runs)")
             continue
-        L.append(f"- `{arm}` − `{spec.baseline}`: {d['reading']}; difference {_signed(d['diff'], prim)}, 95 % CI "
-                 f"[{_f(d['lo'], prim)}, {_f(d['hi'], prim)}] ({d['method']}, {_n_desc(d)}).")
+        extra = "" if d["reading"].startswith(("higher", "lower")) else (
+            f"; difference {_signed(d['diff'], prim)}, 95 % CI [{_f(d['lo'], prim)}, {_f(d['hi'], prim)}]")
+        L.append(f"- `{arm}` − `{spec.baseline}`: {d['reading']}{extra} ({d['method']}, {_n_desc(d)}).")
     L += ["", "## Arms (mean [95 % CI] over seeds)", ""]
     cols = [m for m in a["metrics"] if any(r["metrics"].get(m) is not None for r in a["runs"])]
     absent = [m for m in a["metrics"] if m not in cols]
