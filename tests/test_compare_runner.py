@@ -184,3 +184,42 @@ def test_ci_containing_zero_is_worded_as_no_detectable_difference(spec_path, tmp
     assert d["mde"] == pytest.approx(2.801585 * sd / 3 ** 0.5, rel=1e-5)
     b = a["differences"]["broken"]["accuracy"]
     assert b["reading"].startswith("lower than the baseline by 0.100")
+
+
+PASSK = r"""
+import json, pathlib, sys
+out, seed, arm = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+assert (out / "model").is_dir()
+correct = [2 if (i + seed) % 2 == 0 or arm == "steer" else 0 for i in range(20)]  # of 2 samples per item
+(out / "pass_at_k.json").write_text(json.dumps({"k": 2, "samples": 2, "temperature": 1.0, "correct": correct,
+                                                "ids": [f"item{i}" for i in range(20)]}))
+"""
+
+
+def test_pass_at_k_step_and_model_clean_up(tmp_path):
+    p = tmp_path / "pk.yaml"
+    p.write_text(textwrap.dedent(SPEC).replace("  - {name: broken, recipe: tiny_grpo, overrides: "
+                                                "[train.learning_rate=0.002]}\n", "")
+                 + "pass_at_k: {k: 2, temperature: 1.0}\n")
+    plan = make_plan(p, runs_dir=tmp_path / "runs")
+    assert all("output.save_model=true" in r.overrides for r in plan.runs)
+
+    def train(run, resume):
+        (run.out / "model").mkdir(parents=True, exist_ok=True)
+        return fake_cmd(run, resume)
+
+    def passk(plan, run):
+        return [sys.executable, "-c", PASSK, str(run.out), str(run.seed), run.arm]
+
+    runner.execute(plan, progress=False, train_cmd=train, passk_cmd=passk)
+    assert {r.status for r in plan.runs} == {"ok"}
+    assert not any((r.out / "model").exists() for r in plan.runs)  # deleted once pass@k is computed
+    a = _report(plan)
+    d = a["differences"]["steer"]["pass@2"]
+    assert d["method"] == "paired bootstrap over seeds and held-out items"
+    assert a["arms"]["plain"]["metrics"]["pass@2"]["mean"] == pytest.approx(0.5)
+    assert d["diff"] == pytest.approx(0.5) and d["lo"] > 0
+    # pass@k present with the same settings: the finished runs are reused without their models
+    plan2 = make_plan(p, runs_dir=tmp_path / "runs")
+    runner.execute(plan2, progress=False, train_cmd=train, passk_cmd=passk)
+    assert {r.status for r in plan2.runs} == {"reused"}
