@@ -22,9 +22,8 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 RESERVED = {"seed": "seeds", "output.dir": "runs_dir", "output.overwrite": "(always true)",
             "model.threads": "threads"}
 # Keys of the resolved recipe that do not change a run's result: ignored by the reuse key.
-IGNORED_FOR_REUSE = ("output", "model.threads")
+IGNORED_FOR_REUSE = ("output", "model.threads", "description")
 EVAL_METRICS = ("accuracy", "mean_score", "truncated_fraction")
-MISMATCHES = ("rollout_schedule", "eval_set", "max_steps")
 
 
 class CompareError(ValueError):
@@ -193,7 +192,8 @@ def strip_ignored(d: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def recipe_key(resolved: Dict[str, Any]) -> str:
-    """The reuse key of a run: sha256 of its resolved recipe without ``output.*`` and ``model.threads``."""
+    """The reuse key of a run: sha256 of its resolved recipe without ``output.*``, ``model.threads`` and
+    ``description``."""
     blob = json.dumps(strip_ignored(resolved), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
