@@ -62,6 +62,14 @@ def cli_main(argv: Optional[List[str]] = None) -> int:
     """``posttrain compare`` (argv without the word 'compare'). Exit 0: every run finished; 1: some run failed or
     is missing (the report still lists it); 2: bad input (one line on stderr)."""
     args = _parser().parse_args(argv)
+    import signal
+    import threading
+
+    def _stop(signum, frame):  # SIGTERM like Ctrl-C: terminate the runs this harness started, then exit
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
     try:
         res = compare(args.spec, jobs=args.jobs, report_only=args.report_only, runs_dir=args.runs_dir,
                       out_dir=args.out_dir, progress=not args.no_progress)
