@@ -188,6 +188,8 @@ def execute_run(plan: Plan, run: PlannedRun, procs: _Procs, *,
         info.update(returncode=res["returncode"], seconds=res["seconds"], peak_rss_mb=res["peak_rss_mb"])
         if res["returncode"] != 0:
             run.status, info["error"] = "failed", res["error"]
+        elif not finished(run.out):
+            run.status, info["error"] = "failed", "exit code 0 but no summary.json with an evaluation after training"
         else:
             run.status = "ok"
     if run.status != "failed" and _needs_pass_at_k(plan, run):
