@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("overrides", nargs="*")
     v.add_argument("--trl-config", "--trl_config", default=None, metavar="FILE", help="as for `posttrain run`")
     sub.add_parser("recipes", help="list the shipped recipes")
+    sub.add_parser("compare", help="paired A/B comparison of recipes over seeds: posttrain compare SPEC.yaml "
+                   "[--jobs N] [--report-only] (docs/compare.md)", add_help=False)
     st = sub.add_parser("strategies", help="list every registered strategy by kind (token, sequence, advantage, "
                         "objective, pair) with its one-line description")
     st.add_argument("--args", action="store_true", help="also list each strategy's arguments with their defaults")
@@ -144,6 +146,11 @@ def add_user_import_paths(recipe_path: Optional[str] = None) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:  # its own parser: posttrain compare SPEC.yaml [--jobs N] [--report-only]
+        from posttrain.compare import cli_main
+
+        return cli_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))

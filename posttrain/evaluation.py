@@ -87,6 +87,8 @@ def evaluate(model, tokenizer, dataset, scorer: Callable, *, max_new_tokens: int
         "n_scored": len(valid),
         "truncated_fraction": sum(1 for r in ids if eos not in r) / n if n else 0.0,
         "seconds": round(time.time() - t0, 2),
+        # per held-out item, in dataset order (paired comparisons bootstrap over items: posttrain compare)
+        "item_scores": [s if math.isfinite(s) else None for s in scores],
         "examples": [
             {"prompt": _short(prompts[i]), "completion": texts[i], "score": scores[i]} for i in range(min(n_examples, n))
         ],

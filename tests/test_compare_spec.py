@@ -59,8 +59,6 @@ def test_shipped_specs_plan(name, tmp_path):
     assert len(plan.runs) == len(plan.spec.arms) * len(plan.spec.seeds)
 
 
-@pytest.mark.xfail(strict=False, reason="on this branch's base `posttrain validate recipes/dpo_beta.yaml` fails "
-                   "(pair strategies not in the protocol registry yet); fixed on main")
 @pytest.mark.parametrize("name", ["dpo", "dpo_medium", "dpo_low"])
 def test_shipped_dpo_specs_plan(name, tmp_path):
     assert load_spec(COMPARE_DIR / f"{name}.yaml").baseline == "dpo"
