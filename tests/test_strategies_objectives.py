@@ -386,7 +386,7 @@ def test_a_state_of_another_strategy_or_config_is_refused():
     ({"name": "trust", "T": 0}, env(), "trust: T"),
     ({"name": "fixed", "lagrangian": {"thresholds": [1]}}, env(),
      "lagrangian (argument block): lagrangian: configured"),
-    ({"name": "fixed", "hypervolume": {"foo": 1}}, env(), "hypervolume (argument block): hypervolume: foo"),
+    ({"name": "fixed", "hypervolume": {"foo": 1}}, env(), "hypervolume (argument block): hypervolume: unknown argument 'foo'"),
 ])
 def test_bad_configs_are_one_line_errors_naming_the_key(spec, environment, fragment):
     with pytest.raises(StrategyError) as err:

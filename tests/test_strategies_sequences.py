@@ -267,7 +267,7 @@ def test_loss_reweighting_state_round_trip():
     ({"name": "dra", "scope": "device"}, "dra: scope: Input should be 'group' or 'process' (got 'device')"),
     ({"name": "dra", "min_divisor": 0}, "dra: min_divisor: Input should be greater than 0 (got 0)"),
     ({"name": "dra", "eps": float("inf")}, "dra: eps: Input should be a finite number (got inf)"),
-    ({"name": "dra", "foo": 1}, "dra: foo: unknown argument"),
+    ({"name": "dra", "foo": 1}, "dra: unknown argument 'foo'; accepted: eps, min_divisor, scope"),
     ({"name": "seed", "form": "cubic"},
      "seed: form: Input should be 'linear', 'exponential', 'focal' or 'inverse' (got 'cubic')"),
     ({"name": "seed", "answer": "middle"}, "seed: answer: Input should be 'last', 'first', 'strict' or 'text'"),

@@ -122,8 +122,8 @@ def test_unknown_token_strategy_is_a_user_error(tiny, tmp_path):
 
     with pytest.raises(UserError, match="weighting.tokens"):
         _trainer(tiny, tmp_path, [{"name": "nope"}])
-    with pytest.raises(UserError, match="top_entropy_quantile"):
-        _trainer(tiny, tmp_path, NEUTRAL, top_entropy_quantile=0.2)
+    # TRL's own 80/20 mask now composes with token strategies (tests/test_trainer_trl_features.py checks the loss)
+    assert _trainer(tiny, tmp_path, NEUTRAL, top_entropy_quantile=0.2).top_entropy_quantile == 0.2
 
 
 def test_prefill_is_continued_not_closed(tiny, tmp_path):

@@ -204,7 +204,8 @@ class PosttrainGRPOTrainer(DynamicSamplingMixin, TokenLossMixin, RewardFailureMi
         ctx.completion_logps = partial(services.completion_logps, self, out)
         ctx.policy_gradients = partial(self._policy_gradients, out, local)
         ctx.greedy_rewards = lambda: services.greedy_rewards(self, self._step_inputs, ctx.weights_K)
-        ctx.completion_lengths_N = self.accelerator.gather(out["completion_mask"].sum(dim=1))
+        if "completion_mask" in out:
+            ctx.completion_lengths_N = self.accelerator.gather(out["completion_mask"].sum(dim=1))
         ctx.rewards_N = ctx.mix()
         reshaped = False
         for s in with_hook(self._rollout_strategies, "reshape_rewards"):
