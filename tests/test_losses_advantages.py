@@ -171,7 +171,7 @@ def test_reinforce_pp_checks():
                             beta=0.1)
     with pytest.raises(ValueError, match=r"mask_NT must be \[N, T\] with N = 2"):
         reinforce_pp_advantages(t([1.0, 0.0]), torch.ones(3, 2))
-    with pytest.raises(ValueError, match="gamma must be a finite number >= 0 and <= 1"):
+    with pytest.raises(ValueError, match="gamma must be <= 1.0, got 1.5"):
         reinforce_pp_advantages(t([1.0]), torch.ones(1, 2), gamma=1.5)
     with pytest.raises(ValueError, match=r"shape mismatch: kl_NT=\(1, 3\)"):
         reinforce_pp_advantages(t([1.0]), torch.ones(1, 2), kl_NT=torch.zeros(1, 3), beta=0.1)
@@ -232,7 +232,7 @@ def test_kl_penalized_rewards():
     close(kl_penalized_rewards(t([1.0, 2.0]), kl, mask, 0.5), [0.7, 1.5])
     assert torch.isnan(kl_penalized_rewards(t([NAN, 2.0]), kl, mask, 0.5)[0])
     close(kl_penalized_rewards(t([[1.0, 2.0]]), None, mask, 0.0), [[1.0, 2.0]])
-    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="beta must be >= 0.0"):
         kl_penalized_rewards(t([1.0, 2.0]), kl, mask, -0.1)
 
 

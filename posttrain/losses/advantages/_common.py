@@ -11,6 +11,8 @@ from typing import Callable, Optional
 
 import torch
 
+from posttrain.checks import check_choice, check_real  # noqa: F401 - the estimators import them from here
+
 AllReduce = Callable[[torch.Tensor], torch.Tensor]
 """A *sum* all-reduce: takes a tensor, returns the elementwise sum of that tensor over all processes (the same
 value on every rank), e.g. ``lambda t: accelerator.reduce(t, reduction="sum")``. ``torch.distributed.all_reduce``
@@ -83,7 +85,7 @@ def token_mask(mask_NT, n: int) -> torch.Tensor:
 
 def token_kl(kl_NT, valid: torch.Tensor, beta: float, dtype: torch.dtype) -> torch.Tensor | None:
     """The in-reward KL term, validated: ``None`` when unused, else ``[N, T]`` zeroed outside ``valid``."""
-    b = check_scalar("beta", beta, low=0.0)
+    b = check_real("beta", beta, low=0.0)
     if kl_NT is None:
         if b != 0.0:
             raise ValueError("beta != 0 needs kl_NT (the per-token KL of the rollout policy to the reference)")
@@ -94,27 +96,6 @@ def token_kl(kl_NT, valid: torch.Tensor, beta: float, dtype: torch.dtype) -> tor
     if not bool((torch.isfinite(kl) | ~valid).all()):
         raise ValueError("kl_NT has non-finite values at valid (mask > 0) positions")
     return kl.masked_fill(~valid, 0.0)
-
-
-def check_scalar(name: str, value, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False) -> float:
-    """A finite real within ``[low, high]`` (``(low, high]`` with ``low_open``); one-line ``ValueError`` otherwise."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}") from None
-    if not math.isfinite(v) or (low is not None and (v < low or (low_open and v == low))) or (
-            high is not None and v > high):
-        cond = ([f"{'>' if low_open else '>='} {low:g}"] if low is not None else []) + (
-            [f"<= {high:g}"] if high is not None else [])
-        raise ValueError(f"{name} must be a finite number{' ' + ' and '.join(cond) if cond else ''}, got {value!r}")
-    return v
-
-
-def check_choice(name: str, value, choices: tuple) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 def _reduce(t: torch.Tensor, all_reduce: AllReduce | None) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ._common import AllReduce, check_choice, check_scalar, masked_mean_var, reward_matrix
+from ._common import AllReduce, check_choice, check_real, masked_mean_var, reward_matrix
 
 __all__ = ["SCALES", "grpo_advantages", "group_advantages", "nanstd"]
 
@@ -62,7 +62,7 @@ def grpo_advantages(rewards: torch.Tensor, group_size: Optional[int] = None, *, 
         * +-inf reward: ``ValueError``.
     """
     check_choice("scale", scale, SCALES)
-    eps = check_scalar("eps", eps, low=0.0)
+    eps = check_real("eps", eps, low=0.0)
     grouped, shape = reward_matrix(rewards, group_size)
     g = grouped.shape[1]
     r = grouped.reshape(-1)

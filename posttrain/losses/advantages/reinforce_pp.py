@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from ._common import (AllReduce, check_choice, check_scalar, reward_matrix, sequence_rewards, shift_groups, token_kl,
+from ._common import (AllReduce, check_choice, check_real, reward_matrix, sequence_rewards, shift_groups, token_kl,
                       token_mask, whiten)
 
 __all__ = ["STATS", "reinforce_pp_advantages", "reinforce_pp_baseline_advantages", "kl_penalized_rewards"]
@@ -120,8 +120,8 @@ def reinforce_pp_advantages(
           differs for non-prefix masks.
         * +-inf reward: ``ValueError``.
     """
-    gamma = check_scalar("gamma", gamma, low=0.0, high=1.0)
-    eps = check_scalar("eps", eps, low=0.0)
+    gamma = check_real("gamma", gamma, low=0.0, high=1.0)
+    eps = check_real("eps", eps, low=0.0)
     r = sequence_rewards(rewards)
     valid = token_mask(mask_NT, r.shape[0]) & ~torch.isnan(r).unsqueeze(1)
     kl = token_kl(kl_NT, valid, beta, r.dtype)
@@ -180,7 +180,7 @@ def reinforce_pp_baseline_advantages(
     """
     check_choice("stats", stats, STATS)
     check_choice("singleton", singleton, _SINGLETONS)
-    eps = check_scalar("eps", eps, low=0.0)
+    eps = check_real("eps", eps, low=0.0)
     R, shape = reward_matrix(rewards, group_size)
     n, g = R.numel(), R.shape[1]
     valid = token_mask(mask_NT, n)

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from pydantic import Field
 
-from posttrain.weighting._checks import check_real  # noqa: F401 - shared with pairs/sequences
+from posttrain.checks import check_real  # noqa: F401 - shared with pairs/sequences
 from posttrain.weighting.protocol import RolloutContext, Strategy, StrategyConfig, StrategyEnv
 
 logger = logging.getLogger("posttrain.weighting.objectives")

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from pydantic import Field, FiniteFloat
 
-from posttrain.weighting._checks import check_finite, check_same_shape
+from posttrain.checks import check_finite, check_same_shape
 from posttrain.weighting.objectives._common import (
     ObjectiveConfig,
     ObjectiveStrategy,

@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from pydantic import Field
 
-from posttrain.weighting._checks import as_float_tensor as _as_float_tensor
-from posttrain.weighting._checks import check_real as _check_real
+from posttrain.checks import as_float_tensor as _as_float_tensor
+from posttrain.checks import check_real as _check_real
 from posttrain.weighting.protocol import PairContext, Strategy, StrategyConfig, register_strategy
 
 __all__ = ["BetaDPO", "BetaDPOConfig", "BetaDPOStrategy"]

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from posttrain.weighting._checks import as_float_tensor as _as_float_tensor
-from posttrain.weighting._checks import check_real as _check_real
+from posttrain.checks import as_float_tensor as _as_float_tensor
+from posttrain.checks import check_real as _check_real
 from posttrain.weighting.protocol import PairContext, Strategy, StrategyConfig, register_strategy
 
 __all__ = ["madpo_coefficient", "madpo_weights", "MADPOConfig", "MADPOStrategy"]

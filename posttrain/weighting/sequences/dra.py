@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from posttrain.weighting._checks import as_float_tensor as _as_float_tensor
-from posttrain.weighting._checks import check_finite
-from posttrain.weighting._checks import check_real as _check_real
+from posttrain.checks import as_float_tensor as _as_float_tensor
+from posttrain.checks import check_finite
+from posttrain.checks import check_real as _check_real
 from posttrain.weighting.protocol import RolloutContext, Strategy, StrategyConfig, StrategyError, register_strategy
 
 __all__ = ["dra_weights", "dra_adjust_rewards", "DRAConfig", "DiversityRewardAdjustment"]

@@ -20,8 +20,8 @@ import torch
 from pydantic import Field
 
 from posttrain.rewards.math import find_answer_number
-from posttrain.weighting._checks import as_float_tensor as _as_float_tensor
-from posttrain.weighting._checks import check_real as _check_real
+from posttrain.checks import as_float_tensor as _as_float_tensor
+from posttrain.checks import check_real as _check_real
 from posttrain.weighting.protocol import RolloutContext, Strategy, StrategyConfig, StrategyError, register_strategy
 
 __all__ = ["semantic_entropy", "seed_grpo_scale", "seed_grpo_prompt_scales", "final_answers", "SEEDConfig",

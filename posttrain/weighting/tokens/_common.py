@@ -1,14 +1,13 @@
 """Helpers shared by the token-weighting strategies (torch only, no formulas from papers here)."""
 from __future__ import annotations
 
-import math
 
 import torch
 
-from .._checks import check_finite, check_same_shape
+from posttrain.checks import check_finite, check_real, check_same_shape
 
 __all__ = ["check_finite", "check_same_shape", "valid_of", "work_dtype", "clean", "broadcast_advantages",
-           "quantile_linear", "check_range"]
+           "quantile_linear", "check_real"]
 
 # torch.quantile refuses inputs with more than 2**24 elements ("quantile() input tensor is too large").
 TORCH_QUANTILE_MAX = 2**24
@@ -48,21 +47,6 @@ def broadcast_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.
     if tuple(advantages.shape) == (B, T):
         return advantages
     raise ValueError(f"advantages must have shape [B]=({B},) or [B, T]=({B}, {T}), got {tuple(advantages.shape)}")
-
-
-def check_range(name: str, value, lo=None, hi=None, *, lo_open=False, hi_open=False) -> float:
-    """Validate a scalar hyper-parameter; the error names it."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-    if hi is not None and (v > hi or (hi_open and v == hi)):
-        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value!r}")
-    return v
 
 
 def quantile_linear(x: torch.Tensor, q: float) -> torch.Tensor:

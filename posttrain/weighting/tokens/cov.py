@@ -21,7 +21,7 @@ from typing import Annotated, Literal, Optional, Union
 import torch
 from pydantic import Field, FiniteFloat, field_validator, model_validator
 
-from ._common import broadcast_advantages, check_finite, check_range, check_same_shape, clean, valid_of, work_dtype
+from ._common import broadcast_advantages, check_finite, check_real, check_same_shape, clean, valid_of, work_dtype
 from .registry import TokenBatch, TokenStrategyConfig, token_strategy
 
 _PAPER = "The Entropy Mechanism of RL for Reasoning LMs, arXiv 2505.22617"
@@ -83,10 +83,10 @@ def clip_cov_mask(
         positions raise ``ValueError``; a ratio that overflows from finite inputs behaves as in the official
         code (comparisons with inf/NaN are False).
     """
-    clip_ratio = check_range("clip_ratio", clip_ratio, 0.0, 1.0)
-    cov_lb, cov_ub = check_range("cov_lb", cov_lb), check_range("cov_ub", cov_ub)
-    clip_low = None if clip_low is None else check_range("clip_low", clip_low, 0.0)
-    clip_high = None if clip_high is None else check_range("clip_high", clip_high, 0.0)
+    clip_ratio = check_real("clip_ratio", clip_ratio, 0.0, 1.0)
+    cov_lb, cov_ub = check_real("cov_lb", cov_lb), check_real("cov_ub", cov_ub)
+    clip_low = None if clip_low is None else check_real("clip_low", clip_low, 0.0)
+    clip_high = None if clip_high is None else check_real("clip_high", clip_high, 0.0)
     valid = valid_of(mask)
     check_same_shape(logps=logps, old_logps=old_logps, mask=mask)
     adv = broadcast_advantages(advantages, mask)
@@ -134,7 +134,7 @@ def kl_cov_mask(
     Returns:
         float32 [B, T] detached {0, 1} tensor, 0 on padding; all zeros for an empty mask.
     """
-    k_percent = check_range("k_percent", k_percent, 0.0, 100.0)
+    k_percent = check_real("k_percent", k_percent, 0.0, 100.0)
     valid = valid_of(mask)
     check_same_shape(logps=logps, mask=mask)
     adv = broadcast_advantages(advantages, mask)
@@ -170,7 +170,7 @@ def kl_cov_penalty(
     Returns [B, T] in the dtype of ``logps``, >= 0, exactly 0 where ``selected == 0``. Non-finite log-probs at
     selected positions raise ``ValueError``.
     """
-    kl_coef = check_range("kl_coef", kl_coef, 0.0)
+    kl_coef = check_real("kl_coef", kl_coef, 0.0)
     check_same_shape(logps=logps, old_logps=old_logps, selected=selected)
     sel = selected.detach()
     on = sel != 0

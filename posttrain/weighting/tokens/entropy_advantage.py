@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field, FiniteFloat
 
-from ._common import broadcast_advantages, check_finite, check_range, check_same_shape, clean, valid_of, work_dtype
+from ._common import broadcast_advantages, check_finite, check_real, check_same_shape, clean, valid_of, work_dtype
 from .registry import TokenBatch, TokenStrategyConfig, token_strategy
 
 _PAPER = "Cheng et al., Reasoning with Exploration: An Entropy Perspective, arXiv 2506.14758"
@@ -49,8 +49,8 @@ def entropy_advantage(
         [B, T] detached float32 (float64 for float64 input) shaped advantages, 0 on padding. NaN/inf inputs at
         valid positions raise ``ValueError``.
     """
-    alpha = check_range("alpha", alpha, 0.0)
-    kappa = check_range("kappa", kappa, 1.0, lo_open=True)
+    alpha = check_real("alpha", alpha, 0.0)
+    kappa = check_real("kappa", kappa, 1.0, low_open=True)
     valid = valid_of(mask)
     check_same_shape(entropies=entropies, mask=mask)
     adv = broadcast_advantages(advantages, mask)

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from pydantic import Field, FiniteFloat
 
-from ._common import check_finite, check_range, check_same_shape, quantile_linear, valid_of
+from ._common import check_finite, check_real, check_same_shape, quantile_linear, valid_of
 from .registry import TokenBatch, TokenStrategyConfig, token_strategy
 
 _PAPER = "Beyond the 80/20 Rule, arXiv 2506.01939"
@@ -24,7 +24,7 @@ def high_entropy_threshold(entropies: torch.Tensor, mask: torch.Tensor, *, top_f
 
     Exposed so a trainer can log it. Same semantics and checks as :func:`high_entropy_mask`.
     """
-    rho = check_range("top_fraction", top_fraction, 0.0, 1.0)
+    rho = check_real("top_fraction", top_fraction, 0.0, 1.0)
     valid = valid_of(mask)
     check_same_shape(entropies=entropies, mask=mask)
     check_finite("entropies", entropies.detach(), valid)

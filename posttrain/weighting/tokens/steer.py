@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from pydantic import Field, FiniteFloat, model_validator
 
-from ._common import broadcast_advantages, check_finite, check_range, check_same_shape, clean, valid_of, work_dtype
+from ._common import broadcast_advantages, check_finite, check_real, check_same_shape, clean, valid_of, work_dtype
 from .registry import TokenBatch, TokenStrategyConfig, token_strategy
 
 _MODES = ("linear", "exponential")
@@ -74,11 +74,11 @@ def steer_weights(
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     if mode == "linear":
-        w_min = check_range("w_min", w_min, 0.0)
-        w_max = check_range("w_max", w_max, w_min)
+        w_min = check_real("w_min", w_min, 0.0)
+        w_max = check_real("w_max", w_max, w_min)
     else:
-        w_min = check_range("w_min", w_min, 0.0, 1.0, lo_open=True)
-        w_max = check_range("w_max", w_max)
+        w_min = check_real("w_min", w_min, 0.0, 1.0, low_open=True)
+        w_max = check_real("w_max", w_max)
     valid = valid_of(mask)
     check_same_shape(entropies=entropies, old_logps=old_logps, logps=logps, mask=mask)
     adv = broadcast_advantages(advantages, mask)

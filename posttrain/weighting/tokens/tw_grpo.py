@@ -13,7 +13,7 @@ import warnings
 import torch
 from pydantic import Field, FiniteFloat
 
-from ._common import check_finite, check_range, valid_of
+from ._common import check_finite, check_real, valid_of
 from .registry import TokenBatch, TokenStrategyConfig, token_strategy
 
 _PAPER = "TW-GRPO, Reinforcing Video Reasoning with Focused Thinking, arXiv 2505.24718"
@@ -80,7 +80,7 @@ def tw_grpo_weights(
         full_logprobs: [B, T, V] log-softmax over the vocabulary at the completion positions.
         mask: [B, T], nonzero = valid. group_size: G. alpha: maximum weight.
     """
-    alpha = check_range("alpha", alpha, 0.0, lo_open=True)
+    alpha = check_real("alpha", alpha, 0.0, low_open=True)
     if int(group_size) != group_size or group_size < 1:
         raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
     group_size = int(group_size)
@@ -127,8 +127,8 @@ def tw_grpo_weights_chunked(
         lm_head_weight: [V, H] output embedding. mask: [B, T]. group_size: G.
         chunk_size: positions per chunk (default 64). temperature: > 0.
     """
-    alpha = check_range("alpha", alpha, 0.0, lo_open=True)
-    temperature = check_range("temperature", temperature, 0.0, lo_open=True)
+    alpha = check_real("alpha", alpha, 0.0, low_open=True)
+    temperature = check_real("temperature", temperature, 0.0, low_open=True)
     if int(chunk_size) != chunk_size or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if int(group_size) != group_size or group_size < 1:

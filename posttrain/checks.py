@@ -1,6 +1,6 @@
-"""Input checks shared by every weighting strategy (torch only).
+"""Argument and input checks shared by every loss, estimator and weighting strategy (torch only).
 
-House rule: a non-finite input is an error with a clear message, never a silent NaN.
+House rule: a non-finite input is an error with a clear message naming the argument, never a silent NaN.
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ def check_same_shape(**tensors: torch.Tensor) -> None:
         raise ValueError("shape mismatch: " + ", ".join(f"{k}={s}" for k, s in shapes.items()))
 
 
-def check_real(name: str, value: Any, *, low: Optional[float] = None, high: Optional[float] = None,
-               low_open: bool = False) -> float:
-    """A finite real scalar within ``[low, high]`` (or ``(low, high]`` with ``low_open``)."""
+def check_real(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None, *,
+               low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real scalar within ``[low, high]`` (``low_open`` / ``high_open`` exclude the bound)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
@@ -40,9 +40,16 @@ def check_real(name: str, value: Any, *, low: Optional[float] = None, high: Opti
         raise ValueError(f"{name} must be finite, got {value!r}")
     if low is not None and (v < low or (low_open and v == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {v}")
-    if high is not None and v > high:
-        raise ValueError(f"{name} must be <= {high}, got {v}")
+    if high is not None and (v > high or (high_open and v == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {v}")
     return v
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> Any:
+    """``value`` if it is one of ``choices``; one-line ``ValueError`` otherwise."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
 
 
 def as_float_tensor(name: str, x: Any) -> torch.Tensor:
