@@ -89,7 +89,7 @@ def sample_pass_at_k(run_dir: Path, *, k: int, samples: int, temperature: float,
     from posttrain.evaluation import score_replies
     from posttrain.models import load_model_and_tokenizer
     from posttrain.recipes.schema import Recipe
-    from posttrain.run import _build_dataset, _build_rewards
+    from posttrain.run import build_dataset, build_rewards
 
     run_dir = Path(run_dir)
     recipe = Recipe.model_validate(yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text()))
@@ -99,9 +99,9 @@ def sample_pass_at_k(run_dir: Path, *, k: int, samples: int, temperature: float,
         torch.set_num_threads(recipe.model.threads)
     model, tok = load_model_and_tokenizer(str(run_dir / "model"), dtype=getattr(torch, recipe.model.dtype))
     model.eval()
-    ds = _build_dataset(recipe.data.eval, "data.eval")
+    ds = build_dataset(recipe.data.eval, "data.eval")
     spec = recipe.eval.reward or recipe.rewards[0]
-    scorer = _build_rewards([spec], "eval.reward", tok)[0]
+    scorer = build_rewards([spec], "eval.reward", tok)[0]
     prompts = list(ds["prompt"])
     max_new = max_new_tokens or recipe.eval.max_new_tokens
     eos = tok.eos_token_id
