@@ -27,6 +27,11 @@ The GRPO step (TRL 1.16 ``GRPOTrainer``) and where each hook runs::
       └─ policy_loss(logps, old_logps, advantages, mask, token_weights=..., extra_token_loss=...)
     optimizer step ─► every strategy's on_step_end(ctx)                 (hypervolume's held-out evaluation)
 
+Domains (data mixtures, for SFT and GRPO; the sampler draws each batch by ``weights_D``)::
+
+    every update_every steps ─► DomainContext ─► domain.domain_weights(ctx) -> weights_D   (the sampling mix)
+                                               └► domain.domain_loss_weights(ctx) -> factors_D (upweighting)
+
 The DPO step (TRL 1.16 ``DPOTrainer``)::
 
     pairs ─► policy / reference sequence log-probs ─► PairContext
@@ -51,7 +56,7 @@ from posttrain.registry import RegistryError, import_path
 
 __all__ = [
     "KINDS", "HOOKS", "Strategy", "StrategyConfig", "StrategyEnv", "RolloutContext", "StepEndContext",
-    "PairContext", "StrategyError", "register_strategy", "strategy_class", "registered", "build_strategy",
+    "PairContext", "DomainContext", "StrategyError", "register_strategy", "strategy_class", "registered", "build_strategy",
     "build_strategies", "implemented_hooks", "format_validation_error",
 ]
 
@@ -69,11 +74,13 @@ HOOKS: Dict[str, Tuple[str, ...]] = {
     "advantage": ("estimate",),
     "token": ("token_advantages", "token_weights", "token_loss"),
     "pair": ("pair_weights", "batch_beta"),
+    "domain": ("domain_weights", "domain_loss_weights"),
 }
 KINDS: Tuple[str, ...] = tuple(HOOKS)
 #: Recipe section of each kind (``weighting.<section>``; the advantage estimator is ``advantage``).
 SECTIONS: Dict[str, str] = {"objective": "weighting.objectives", "sequence": "weighting.sequences",
-                            "advantage": "advantage", "token": "weighting.tokens", "pair": "weighting.pairs"}
+                            "advantage": "advantage", "token": "weighting.tokens", "pair": "weighting.pairs",
+                            "domain": "weighting.domains"}
 
 
 class StrategyError(ValueError):
@@ -240,6 +247,33 @@ class PairContext:
         return ((self.policy_chosen_B - self.ref_chosen_B) - (self.policy_rejected_B - self.ref_rejected_B)).detach()
 
 
+@dataclass
+class DomainContext:
+    """What the domain (data-mixture) hooks see, once per ``update_every`` optimizer steps (identical on every rank).
+
+    ``domains``: the domain names (``D``); ``weights_D``: the sampling distribution in use (sums to 1);
+    ``sizes_D``: rows per domain; ``step``; ``losses_D`` / ``counts_D``: per-domain training loss (SFT: token-mean
+    NLL; GRPO: the negative mean reward) and samples since the last update, summed over processes (``None`` before
+    any); services ``domain_gradients()`` -> ``[D, P]`` mean gradient of each domain's loss over the selected
+    (e.g. LoRA) parameters on a small batch of that domain, ``heldout_gradient()`` -> ``[P]`` the same for the
+    held-out set, ``heldout_losses()`` -> ``[D]`` (or ``[1]``) held-out loss per domain, ``all_reduce_sum(t)``,
+    ``log(key, value)``. ``generator``: a CPU generator seeded identically on every rank.
+    """
+
+    domains: Tuple[str, ...]
+    weights_D: Tuple[float, ...]
+    sizes_D: Tuple[int, ...] = ()
+    step: int = 0
+    losses_D: Optional[torch.Tensor] = None
+    counts_D: Optional[torch.Tensor] = None
+    generator: Optional[torch.Generator] = None
+    domain_gradients: Callable[[], torch.Tensor] = field(default_factory=lambda: _missing("domain_gradients"))
+    heldout_gradient: Callable[[], torch.Tensor] = field(default_factory=lambda: _missing("heldout_gradient"))
+    heldout_losses: Callable[[], torch.Tensor] = field(default_factory=lambda: _missing("heldout_losses"))
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
+    log: Callable[[str, float], None] = field(default=lambda key, value: None)
+
+
 # ----------------------------------------------------------------------------------------------------------- strategy
 class Strategy:
     """Base class of every reweighting method. Subclasses set ``kind`` and ``name`` (via :func:`register_strategy`
@@ -301,6 +335,14 @@ class Strategy:
 
     def batch_beta(self, ctx: PairContext) -> Tuple[torch.Tensor, float]:
         """``(keep_B bool, beta)`` for this batch."""
+        raise NotImplementedError
+
+    def domain_weights(self, ctx: "DomainContext") -> Sequence[float]:
+        """The next sampling distribution over the domains (``D`` values on the simplex)."""
+        raise NotImplementedError
+
+    def domain_loss_weights(self, ctx: "DomainContext") -> Sequence[float]:
+        """Per-domain factors on the loss (upweighting instead of resampling), mean 1 under the sampling mix."""
         raise NotImplementedError
 
     # -- optional ---------------------------------------------------------------------------------------------
