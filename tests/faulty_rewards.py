@@ -57,3 +57,13 @@ def kill_at_step(step: int = 3):
         return text_hash_score([completion_text(c) for c in completions])
 
     return hash_score
+
+
+@reward_factory
+def hashed_text():
+    """:func:`text_hash_score` as a reward: a varied signal for the random tiny model (so token strategies run)."""
+
+    def hashed_text_score(completions, **kw):
+        return text_hash_score([completion_text(c) for c in completions])
+
+    return hashed_text_score
