@@ -22,8 +22,13 @@ def test_tiny_grpo_run_writes_every_output(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "reward" in r]
     assert [r["step"] for r in steps] == [1, 2]
-    for key in ("reward", "entropy", "loss", "completions/mean_length", "rewards/math_answer/mean"):
+    for key in ("reward", "loss", "completions/mean_length", "rewards/math_answer/mean",
+                "zero_advantage/skipped_fraction"):
         assert key in steps[0], key
+    # the random tiny model earns 0 everywhere: such steps skip the policy pass (same zero gradient); a step that
+    # ran it logs the entropy
+    for r in steps:
+        assert ("entropy" in r) == (r["zero_advantage/skipped_fraction"] < 1.0), r
     summary = json.loads((out / "summary.json").read_text())
     for when in ("before", "after"):
         ev = summary["eval"][when]
@@ -39,7 +44,7 @@ def test_tiny_grpo_with_token_weighting(tmp_path):
     out = tmp_path / "run"
     res = _run("run", "recipes/tiny_grpo.yaml", f"output.dir={out}", "model.threads=1", "train.max_steps=1",
                "weighting.tokens=[{name: steer}, {name: high_entropy, top_fraction: 0.5}]", "eval.enabled=false",
-               "output.save_model=false")
+               "output.save_model=false", "rewards=[{name: 'tests.faulty_rewards:hashed_text'}]")
     assert res.returncode == 0, res.stderr[-3000:]
     row = next(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "reward" in line)
     for key in ("weights/mean", "weights/frac_zero", "entropy/p50", "weighting/steer/mean"):
