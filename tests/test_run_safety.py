@@ -230,7 +230,7 @@ def _last_line(stderr: str) -> str:
 def test_failure_after_the_model_loads_leaves_nothing_behind_and_the_corrected_command_runs(tmp_path):
     """A UserError raised by the trainer's own set-up (after the output dir is prepared): the fresh directory is
     removed again, the previous run is byte-identical, and the corrected commands run (in place, and replacing)."""
-    bad = ["weighting.tokens=[{name: steer}]", "train.loss_type=cispo"]  # rejected at trainer init
+    bad = ["weighting.tokens=[{name: steer}]", "weighting.normalize=weights"]  # dapo + weights: rejected at trainer init
     fresh = tmp_path / "fresh"
     res = _run("run", TINY, *bad, *QUICK, f"output.dir={fresh}", "output.overwrite=false")
     assert res.returncode == 2 and "weighting.tokens cannot be combined with" in _last_line(res.stderr), res.stderr

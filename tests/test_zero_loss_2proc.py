@@ -3,12 +3,11 @@ split across the ranks, the GRPO (DAPO) loss with the trainer's normaliser and t
 step equal a single process on the whole batch.
 
 Real components: the tiny model, ``deepspeed.initialize`` with ``posttrain/configs/zero{2,3}.json``,
-``policy_loss`` and :meth:`PosttrainGRPOTrainer._scale_like_trl` (the trainer's DAPO normaliser: the local token sum
+``policy_loss`` and :func:`posttrain.losses.policy.trl_scaled_loss` (the trainer's DAPO normaliser: the local token sum
 divided by global tokens / processes, which DeepSpeed's gradient averaging turns into the global token mean).  The
 ranks hold different numbers of valid tokens, so a per-rank token mean would not match (checked too).
 """
 import os
-import types
 
 import pytest
 import torch
@@ -30,7 +29,7 @@ def _batch():
 
 def _loss(model, ids, mask, adv, old_shift, *, n_global_tokens=None, world=1):
     from posttrain.losses import policy_loss
-    from posttrain.trainers.grpo import PosttrainGRPOTrainer
+    from posttrain.losses.policy import trl_scaled_loss
 
     logits = model(input_ids=ids).logits[:, T_PROMPT - 1:-1, :].float()
     logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, T_PROMPT:, None]).squeeze(-1)
@@ -38,9 +37,8 @@ def _loss(model, ids, mask, adv, old_shift, *, n_global_tokens=None, world=1):
     loss, _ = policy_loss(logps, old, adv, mask, clip_low=0.2, clip_high=0.2, aggregation="token_mean")
     if n_global_tokens is None:
         return loss
-    fake = types.SimpleNamespace(loss_type="dapo", accelerator=types.SimpleNamespace(num_processes=world),
-                                 current_gradient_accumulation_steps=1, args=types.SimpleNamespace(steps_per_generation=1))
-    return PosttrainGRPOTrainer._scale_like_trl(fake, loss, mask, {"num_items_in_batch": n_global_tokens}, "train")
+    return trl_scaled_loss(loss, "dapo", local_tokens=(mask * 1.0).sum(), num_items_in_batch=n_global_tokens,
+                           num_processes=world, gradient_accumulation_steps=1, steps_per_generation=1, training=True)
 
 
 def _worker(rank, port, out_dir, stage):

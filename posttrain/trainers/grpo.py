@@ -76,6 +76,9 @@ class PosttrainGRPOTrainer(DynamicSamplingMixin, TokenLossMixin, RewardFailureMi
         self._check_token_weighting_supported()
         self._step_ctx = None
         self._local_texts, self._step_inputs = [], []
+        from posttrain.distributed import is_zero3
+
+        self._zero3 = is_zero3(self)
 
     # ------------------------------------------------------------------ set-up
     def _env(self) -> StrategyEnv:
@@ -294,7 +297,7 @@ class PosttrainGRPOTrainer(DynamicSamplingMixin, TokenLossMixin, RewardFailureMi
         exactly 0, so the forward and backward passes are skipped (decided over all processes, logged)."""
         mode = "train" if self.model.training else "eval"
         if mode != "train" or self.beta != 0.0 or self._entropy_bonus_enabled or self.aux_loss_enabled \
-                or self._token_shapes_loss:
+                or self._token_shapes_loss or self._zero3:  # ZeRO-3 needs every partitioned gradient filled
             return False
         peak = self.accelerator.reduce(inputs["advantages"].detach().abs().max().reshape(1).float(), reduction="sum")
         skip = bool(peak.item() == 0.0)
