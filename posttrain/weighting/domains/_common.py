@@ -9,10 +9,10 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
-from posttrain.checks import as_float_tensor, check_real
+from posttrain.checks import check_finite, check_real
 from posttrain.weighting.protocol import DomainContext
 
-__all__ = ["check_weights", "check_sizes", "check_gradients", "context_arrays", "apply_floor", "to_list",
+__all__ = ["as_f64", "check_weights", "check_sizes", "check_gradients", "context_arrays", "apply_floor", "to_list",
            "LOGIT_RANGE"]
 
 #: Logits more than this below the largest are clamped: exp(-800) is 0 in float64, so no weight changes, and a
@@ -20,9 +20,23 @@ __all__ = ["check_weights", "check_sizes", "check_gradients", "context_arrays", 
 LOGIT_RANGE = 800.0
 
 
+def as_f64(name: str, x: Any) -> torch.Tensor:
+    """``x`` as a detached float64 CPU tensor (lists are read as float64 directly, so large sizes keep every digit
+    and never pass through float32); ``ValueError`` naming ``name`` for NaN / inf."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to("cpu", torch.float64)
+    else:
+        try:
+            t = torch.as_tensor(x, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"{name} must be numbers, got {x!r} ({exc})") from None
+    check_finite(name, t)
+    return t
+
+
 def check_weights(name: str, weights: Any) -> torch.Tensor:
     """``weights`` as a float64 ``[D]`` distribution: finite, non-negative, positive sum (renormalised to sum 1)."""
-    w = as_float_tensor(name, weights).to(torch.float64)
+    w = as_f64(name, weights)
     if w.dim() != 1 or w.numel() == 0:
         raise ValueError(f"{name} must be a non-empty 1-D [D] vector, got shape {tuple(w.shape)}")
     if (w < 0).any():
@@ -36,7 +50,7 @@ def check_weights(name: str, weights: Any) -> torch.Tensor:
 def check_sizes(sizes: Any, domains: Optional[Sequence[str]] = None) -> torch.Tensor:
     """Domain sizes (rows per domain) as float64 ``[D]``: finite, whole numbers >= 1. A size 0 is an error naming
     the domain: an empty domain can be neither sampled nor upweighted."""
-    n = as_float_tensor("sizes_D", sizes).to(torch.float64)
+    n = as_f64("sizes_D", sizes)
     if n.dim() != 1 or n.numel() == 0:
         raise ValueError(f"sizes_D must be a non-empty 1-D [D] vector, got shape {tuple(n.shape)}")
     if (n != torch.round(n)).any() or (n < 0).any():
@@ -52,8 +66,8 @@ def check_sizes(sizes: Any, domains: Optional[Sequence[str]] = None) -> torch.Te
 def check_gradients(domain_gradients: Any, heldout_gradient: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     """``([D, P], [P])`` float64 gradients with matching ``P``; non-finite values are a ``ValueError`` naming
     the argument."""
-    G = as_float_tensor("domain_gradients", domain_gradients).to(torch.float64)
-    g = as_float_tensor("heldout_gradient", heldout_gradient).to(torch.float64)
+    G = as_f64("domain_gradients", domain_gradients)
+    g = as_f64("heldout_gradient", heldout_gradient)
     if G.dim() != 2:
         raise ValueError(f"domain_gradients must be [D, P], got shape {tuple(G.shape)}")
     if g.dim() != 1 or g.shape[0] != G.shape[1]:

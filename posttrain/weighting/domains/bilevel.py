@@ -31,10 +31,10 @@ from typing import Any, Dict, List, Literal, Optional
 import torch
 from pydantic import Field
 
-from posttrain.checks import as_float_tensor, check_choice, check_real
+from posttrain.checks import check_choice, check_real
 from posttrain.weighting.protocol import DomainContext, Strategy, StrategyConfig, StrategyEnv, register_strategy
 
-from ._common import LOGIT_RANGE, apply_floor, check_gradients, context_arrays, to_list
+from ._common import LOGIT_RANGE, as_f64, apply_floor, check_gradients, context_arrays, to_list
 
 __all__ = ["mirror_descent_step", "BilevelConfig", "BilevelMixing"]
 
@@ -58,8 +58,8 @@ def mirror_descent_step(log_weights: Any, alignment: Any, *, step_size: float = 
 
     ``alignment`` = ``s_d = <g_val, g_d>``; ``step_size`` > 0; ``floor`` in [0, 1] (fraction of 1/D). Zero
     alignment returns the (recentred) log-weights unchanged."""
-    l0 = as_float_tensor("log_weights", log_weights).to(torch.float64)
-    s = as_float_tensor("alignment", alignment).to(torch.float64)
+    l0 = as_f64("log_weights", log_weights)
+    s = as_f64("alignment", alignment)
     if l0.dim() != 1 or l0.numel() == 0 or s.shape != l0.shape:
         raise ValueError(f"log_weights and alignment must both be [D], got {tuple(l0.shape)} and {tuple(s.shape)}")
     eta = check_real("step_size", step_size, 0.0, low_open=True)
@@ -138,7 +138,7 @@ class BilevelMixing(Strategy):
             raise ValueError(f"domain_gradients has {G.shape[0]} rows for {w.numel()} domains")
         s = G @ g
         if self.config.sharded_gradients:
-            s = as_float_tensor("alignment", ctx.all_reduce_sum(s)).to(torch.float64)
+            s = as_f64("alignment", ctx.all_reduce_sum(s))
         for name, v in zip(ctx.domains, s.tolist()):
             ctx.log(f"domain_weighting/bilevel/alignment/{name}", float(v))
         c = self.config
@@ -157,5 +157,5 @@ class BilevelMixing(Strategy):
             raise ValueError(f"bilevel state is missing {', '.join(missing)}")
         lw = state["log_weights"]
         self.log_weights = None if lw is None else \
-            as_float_tensor("state.log_weights", lw).to(torch.float64).reshape(-1)
+            as_f64("state.log_weights", lw).reshape(-1)
         self.num_updates = int(state["num_updates"])

@@ -5,7 +5,8 @@ Pure function :func:`fixed_domain_weights`, config :class:`FixedDomainConfig`, d
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Dict, List, Optional, Sequence, Union
+import math
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from pydantic import Field, field_validator
@@ -15,9 +16,6 @@ from posttrain.weighting.protocol import DomainContext, Strategy, StrategyConfig
 from ._common import check_sizes, check_weights, context_arrays, to_list
 
 __all__ = ["fixed_domain_weights", "FixedDomainConfig", "FixedDomains"]
-
-_NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-
 
 def fixed_domain_weights(weights: Optional[Any] = None, sizes: Optional[Any] = None,
                          domains: Optional[Sequence[str]] = None) -> torch.Tensor:
@@ -50,19 +48,30 @@ def fixed_domain_weights(weights: Optional[Any] = None, sizes: Optional[Any] = N
 class FixedDomainConfig(StrategyConfig):
     """Arguments of the ``fixed`` domain strategy."""
 
-    weights: Optional[Union[List[_NonNeg], Dict[str, _NonNeg]]] = Field(None, description=(
+    weights: Optional[Union[List[float], Dict[str, float]]] = Field(None, description=(
         "The sampling mix over the domains: a list in the data's domain order or a mapping {domain: weight} naming "
         "every domain; non-negative with a positive sum, normalised to sum to 1. Default (null): proportional to "
         "the domain sizes, p_d = n_d / sum_j n_j (natural sampling; temperature T = 1 of the temperature-sampling "
         "family, Li et al., Upsample or Upweight?, arXiv 2410.04579)"))
 
-    @field_validator("weights")
+    @field_validator("weights", mode="before")
     @classmethod
-    def _positive_sum(cls, v):
-        if v is not None:
-            vals = list(v.values()) if isinstance(v, dict) else list(v)
-            if not vals or sum(vals) <= 0:
-                raise ValueError("weights must be non-empty with a positive sum")
+    def _check_weights(cls, v):
+        if v is None:
+            return v
+        if isinstance(v, dict):
+            vals = list(v.values())
+            if not all(isinstance(k, str) for k in v):
+                raise ValueError("mapping keys must be domain names")
+        elif isinstance(v, (list, tuple)):
+            vals = list(v)
+        else:
+            raise ValueError("must be a list of weights or a mapping {domain: weight}")
+        for x in vals:
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+                raise ValueError(f"must be non-negative finite numbers, got {x!r}")
+        if not vals or sum(vals) <= 0:
+            raise ValueError("must be non-empty with a positive sum")
         return v
 
 

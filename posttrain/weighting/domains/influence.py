@@ -35,10 +35,10 @@ from typing import Any, List, Literal, Optional
 import torch
 from pydantic import Field
 
-from posttrain.checks import as_float_tensor, check_choice, check_real
+from posttrain.checks import check_choice, check_real
 from posttrain.weighting.protocol import DomainContext, Strategy, StrategyConfig, StrategyEnv, register_strategy
 
-from ._common import LOGIT_RANGE, apply_floor, check_gradients, check_weights, context_arrays, to_list
+from ._common import LOGIT_RANGE, as_f64, apply_floor, check_gradients, check_weights, context_arrays, to_list
 
 __all__ = ["influence_scores", "standardize_scores", "influence_weights", "InfluenceConfig", "InfluenceMixing"]
 
@@ -81,7 +81,7 @@ def influence_weights(weights: Any, scores: Any, *, temperature: float = 1.0, mi
     Every score exactly 0 -> ``weights`` unchanged (normalised). ``tau = temperature > 0``,
     ``eta = mixing in (0, 1]``, ``floor in [0, 1]`` (fraction of the uniform weight 1/D)."""
     w = check_weights("weights", weights)
-    s = as_float_tensor("scores", scores).to(torch.float64)
+    s = as_f64("scores", scores)
     if s.shape != w.shape:
         raise ValueError(f"scores must be [D] = {tuple(w.shape)} like weights, got shape {tuple(s.shape)}")
     tau = check_real("temperature", temperature, 0.0, low_open=True)
@@ -154,7 +154,7 @@ class InfluenceMixing(Strategy):
             raise ValueError(f"domain_gradients has {G.shape[0]} rows for {w.numel()} domains")
         s = G @ g
         if self.config.sharded_gradients:
-            s = as_float_tensor("scores", ctx.all_reduce_sum(s)).to(torch.float64)
+            s = as_f64("scores", ctx.all_reduce_sum(s))
         for name, v in zip(ctx.domains, s.tolist()):
             ctx.log(f"domain_weighting/influence/score/{name}", float(v))
         c = self.config
