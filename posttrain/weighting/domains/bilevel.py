@@ -133,6 +133,9 @@ class BilevelMixing(Strategy):
         elif self.log_weights.numel() != w.numel():
             raise ValueError(f"bilevel: the kept state has {self.log_weights.numel()} domains, the context "
                              f"{w.numel()}")
+        if w.numel() == 1:  # nothing to mix: no gradient is requested
+            self.num_updates += 1
+            return [1.0]
         G, g = check_gradients(ctx.domain_gradients(), ctx.heldout_gradient())
         if G.shape[0] != w.numel():
             raise ValueError(f"domain_gradients has {G.shape[0]} rows for {w.numel()} domains")
