@@ -407,6 +407,19 @@ def test_bad_config_is_one_line_naming_the_key(spec, env, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
 
 
+def test_temperature_family_warns_when_it_would_not_act():
+    from posttrain.weighting.protocol import strategy_warnings
+
+    env = StrategyEnv(max_steps=10)
+    assert strategy_warnings([build_strategy("domain", {"name": "temperature", "final_temperature": 1.0}, env)]) == []
+    late = build_strategy("domain", {"name": "temperature", "final_temperature": 1.0, "total_steps": 40}, env)
+    assert strategy_warnings([late]) == ["temperature: the cooldown starts at step 20 >= max_steps=10: the "
+                                         "temperature stays 5.0 for the whole run"]
+    flat = build_strategy("domain", {"name": "upweight", "temperature": 1.0}, env)
+    assert strategy_warnings([flat]) == ["upweight: temperature 1 throughout is plain proportional (natural) "
+                                         "sampling with all loss factors 1"]
+
+
 def test_cooldown_with_known_run_length_builds():
     s = build_strategy("domain", {"name": "upweight", "final_temperature": 1.0}, StrategyEnv(max_steps=10))
     assert s.total_steps == 10

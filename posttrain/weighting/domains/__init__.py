@@ -1,19 +1,15 @@
 """Domain (data-mixture) weights for SFT and GRPO over several datasets / prompt domains: the ``domain`` strategies,
 one file per method (torch only; never imports a trainer, TRL or transformers). User guide: ``docs/domains.md``.
 
-===============  ==============================================  =============================  ======================
-strategy          method                                          hooks                          pure functions
-===============  ==============================================  =============================  ======================
-``fixed``         constant mix (given, or proportional to size)   ``domain_weights``             :func:`fixed_domain_weights`
-``temperature``   temperature sampling + cooldown, arXiv          ``domain_weights``             :func:`temperature_weights`,
-                  2410.04579                                                                     :func:`cooldown_temperature`
-``upweight``      natural sampling + loss factors p(T)/q, arXiv   ``domain_weights``,            :func:`upweight_factors`
-                  2410.04579                                      ``domain_loss_weights``
-``influence``     TiKMiX-style group influence, arXiv 2508.17677  ``domain_weights``             :func:`influence_scores`,
-                                                                                                :func:`influence_weights`
-``bilevel``       first-order bilevel (ScaleBiO 2406.19976 /      ``domain_weights``             :func:`mirror_descent_step`
-                  DreamPRM 2505.20241), mirror descent
-===============  ==============================================  =============================  ======================
+* ``fixed`` -- constant mix, given or proportional to size; hook ``domain_weights``; :func:`fixed_domain_weights`.
+* ``temperature`` -- temperature sampling ``p ∝ n^(1/T)`` with the cooldown of arXiv 2410.04579; hook
+  ``domain_weights``; :func:`temperature_weights`, :func:`cooldown_temperature`.
+* ``upweight`` -- natural sampling with loss factors ``p(T)/q`` (arXiv 2410.04579); hooks ``domain_weights`` and
+  ``domain_loss_weights``; :func:`upweight_factors`.
+* ``influence`` -- TiKMiX-style group influence (arXiv 2508.17677); hook ``domain_weights``;
+  :func:`influence_scores`, :func:`influence_weights`.
+* ``bilevel`` -- first-order bilevel rule (ScaleBiO arXiv 2406.19976 / DreamPRM arXiv 2505.20241), entropic mirror
+  descent; hook ``domain_weights``; :func:`mirror_descent_step`; the only stateful one.
 
 Data Mixing Agent (arXiv 2507.15640) is not implemented: it is a learned policy (offline RL on proxy-model
 trajectories) with no official code; ``docs/domains.md`` says what was and was not possible.

@@ -108,6 +108,19 @@ class TemperatureSchedule(Strategy):
             raise ValueError("total_steps is required for a cooldown (final_temperature) when the run's max_steps "
                              "is unknown")
 
+    @classmethod
+    def warnings(cls, config: TemperatureScheduleConfig, env: StrategyEnv) -> List[str]:
+        out = []
+        total = config.total_steps if config.total_steps is not None else env.max_steps
+        if config.final_temperature is not None and total is not None and env.max_steps is not None \
+                and config.cooldown_start * total >= env.max_steps:
+            out.append(f"the cooldown starts at step {config.cooldown_start * total:g} >= max_steps={env.max_steps}: "
+                       f"the temperature stays {config.temperature} for the whole run")
+        if config.temperature == 1.0 and config.final_temperature in (None, 1.0):
+            out.append("temperature 1 throughout is plain proportional (natural) sampling"
+                       + (" with all loss factors 1" if cls.name == "upweight" else ""))
+        return out
+
     def temperature_at(self, step: int) -> float:
         c = self.config
         return cooldown_temperature(step, temperature=c.temperature, final_temperature=c.final_temperature,

@@ -22,7 +22,7 @@ from posttrain.checks import check_real
 from posttrain.weighting.protocol import DomainContext, register_strategy
 
 from ._common import check_sizes, context_arrays, to_list
-from .temperature import _PAPER, TemperatureSchedule, temperature_weights
+from .temperature import _PAPER, TemperatureSchedule
 
 __all__ = ["upweight_factors", "Upweighting"]
 
