@@ -258,9 +258,9 @@ def test_loss_weighter_burn_in_and_state(tmp_path):
     lw = LossSampleWeighter(strategy="linupper", temperature=0.4, burn_in_steps=2)
     losses = torch.tensor([1.0, 2.0, 3.0])
     assert lw.weights(losses).tolist() == pytest.approx([1 / 3] * 3)  # step 0: uniform
-    lw.step()
+    lw.num_steps = 1  # completed optimizer steps (set by the loss_reweighting strategy from the trainer's count)
     assert lw.in_burn_in and lw.weights(losses).tolist() == pytest.approx([1 / 3] * 3)  # step 1
-    lw.step()
+    lw.num_steps = 2
     assert not lw.in_burn_in  # step 2 == burn_in_steps: reweighted
     assert lw.weights(losses).tolist() == pytest.approx(loss_sample_weights(losses).tolist())
     state = json.loads(json.dumps(lw.state_dict()))

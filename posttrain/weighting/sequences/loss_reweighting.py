@@ -124,9 +124,8 @@ class LossSampleWeighter:
     * ``num_steps`` is the burn-in counter and has one meaning: completed optimizer steps (the official test is
       ``global_step < burnout_steps``). Inside posttrain it is *set*, never incremented: the ``loss_reweighting``
       strategy (:class:`LossReweighting`) assigns the trainer's completed-step count before every :meth:`weights`
-      call, so it is right after a resume and when one optimizer step spans several generation batches.
-      :meth:`step` (``num_steps += 1``) is kept for code that drives the weighter by hand, once per optimizer
-      step; posttrain never calls it.
+      call, so it is right after a resume and when one optimizer step spans several generation batches. A
+      hand-written loop sets it the same way (``weighter.num_steps = completed_steps``).
 
     Token-length factor (choice): the repo's loss is ``sum_i w_i * (n_i / sum n) * l_i * world_size * B_local``
     (burn-in: ``sum_i (n_i / sum n) * l_i``); the README form omits ``n_i / sum n``. These weights do **not**
@@ -172,11 +171,6 @@ class LossSampleWeighter:
             n = l_in.shape[0]
             return torch.full((n,), 1.0 / max(n, 1), dtype=l_in.dtype, device=l_in.device)
         return loss_sample_weights(l_in, strategy=self.strategy, temperature=self.temperature, delta=self.delta)
-
-    def step(self) -> None:
-        """Advance one optimizer step (for a hand-written loop; the ``loss_reweighting`` strategy sets
-        ``num_steps`` from the trainer's step count instead)."""
-        self.num_steps += 1
 
     def state_dict(self) -> Dict[str, Any]:
         return {"num_steps": int(self.num_steps)}
