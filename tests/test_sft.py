@@ -1,0 +1,200 @@
+"""algorithm: sft -- PosttrainSFTTrainer against TRL 1.16's own SFTTrainer.compute_loss (fp64, <= 1e-6), the
+``weight`` column and loss-based reweighting (Sow et al., arXiv 2502.06733) against hand computations, the
+strategy state across checkpoints, the pre-flight checks, and (slow) the shipped tiny recipes end to end."""
+import copy
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+trl = pytest.importorskip("trl")
+transformers = pytest.importorskip("transformers")
+datasets = pytest.importorskip("datasets")
+tokenizers = pytest.importorskip("tokenizers")
+
+F64 = torch.float64
+ROOT = Path(__file__).resolve().parents[1]
+B = 4
+
+
+def _tiny_model_and_tokenizer():
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{f"w{i}": i + 3 for i in range(29)}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    cfg = transformers.LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).to(F64), tokenizer
+
+
+PROMPTS = ["w1 w2", "w3", "w4 w5 w6", "w7 w8"]
+COMPLETIONS = [" w9 w10", " w11", " w12 w13 w14", " w15 w16"]
+
+
+def _trainer(tmp_path, cls, weight=None, **kwargs):
+    model, tokenizer = _tiny_model_and_tokenizer()
+    args = trl.SFTConfig(output_dir=str(tmp_path / cls.__name__), report_to=[], bf16=False, use_cpu=True,
+                         per_device_train_batch_size=B, save_strategy="no", max_steps=10, dataset_num_proc=None)
+    data = {"prompt": PROMPTS, "completion": COMPLETIONS}
+    if weight is not None:
+        data["weight"] = weight
+    trainer = cls(model=model, args=args, train_dataset=datasets.Dataset.from_dict(data),
+                  processing_class=tokenizer, **kwargs)
+    trainer.model.train()
+    return trainer
+
+
+def _batch(trainer):
+    loader = trainer.get_train_dataloader()
+    return {k: v for k, v in next(iter(loader)).items()}
+
+
+def _loss_and_grad(trainer, inputs, num_items=None):
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, dict(inputs), num_items_in_batch=num_items)
+    loss.backward()
+    grads = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+    return loss.detach(), grads
+
+
+def _per_token(trainer, inputs):
+    """Per-token NLL [B, T-1] and label mask from a plain forward (logits -> log_softmax), in fp64."""
+    with torch.no_grad():
+        logits = trainer.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    labels = inputs["labels"][:, 1:]
+    mask = labels != -100
+    lp = torch.log_softmax(logits[:, :-1].to(F64), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -lp * mask, mask
+
+
+@pytest.fixture(scope="module")
+def trl_trainer(tmp_path_factory):
+    return _trainer(tmp_path_factory.mktemp("trl"), trl.SFTTrainer)
+
+
+@pytest.mark.parametrize("num_items", [None, 23])
+@pytest.mark.parametrize("loss_type", ["nll", "dft"])
+def test_neutral_weights_equal_trl_sft_loss(tmp_path, trl_trainer, num_items, loss_type):
+    from posttrain.trainers.sft import PosttrainSFTTrainer
+
+    ours = _trainer(tmp_path, PosttrainSFTTrainer, weight=[1.0] * B)
+    assert ours._weighted  # the weight column takes the recomputed path
+    trl_trainer.args.loss_type = ours.args.loss_type = loss_type
+    inputs = _batch(ours)
+    assert inputs["weight"].tolist() == [1.0] * B
+    theirs_inputs = {k: v for k, v in inputs.items() if k != "weight"}
+    l_trl, g_trl = _loss_and_grad(trl_trainer, theirs_inputs, num_items)
+    l_ours, g_ours = _loss_and_grad(ours, inputs, num_items)
+    torch.testing.assert_close(l_ours, l_trl, rtol=0, atol=1e-6)
+    for a, b in zip(g_ours, g_trl):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    metrics = ours._metrics["train"]
+    assert metrics["samples/weight_mean"][-1] == metrics["samples/weight_min"][-1] == 1.0
+    trl_trainer.args.loss_type = "nll"
+
+
+def test_burn_in_equals_trl_loss(tmp_path, trl_trainer):
+    from posttrain.trainers.sft import PosttrainSFTTrainer
+
+    ours = _trainer(tmp_path, PosttrainSFTTrainer,
+                    sample_strategies=[{"name": "loss_reweighting", "burn_in_steps": 5}])
+    inputs = _batch(ours)
+    l_trl, _ = _loss_and_grad(trl_trainer, inputs)
+    l_ours, _ = _loss_and_grad(ours, inputs)
+    torch.testing.assert_close(l_ours, l_trl, rtol=0, atol=1e-6)
+
+
+def test_no_weighting_is_trl_untouched(tmp_path):
+    from posttrain.trainers.sft import PosttrainSFTTrainer
+
+    ours = _trainer(tmp_path, PosttrainSFTTrainer)
+    assert not ours._weighted and "weight" not in _batch(ours)
+
+
+def test_weight_column_zeroing_half_the_batch(tmp_path):
+    from posttrain.trainers.sft import PosttrainSFTTrainer
+
+    ours = _trainer(tmp_path, PosttrainSFTTrainer, weight=[1.0, 0.0, 1.0, 0.0])
+    inputs = _batch(ours)
+    nll, mask = _per_token(ours, inputs)
+    # TRL's denominator: every loss token of the micro-batch, the zero-weight samples' too
+    w = inputs["weight"].to(F64)  # (the sampler shuffles the rows; the column follows them)
+    assert sorted(w.tolist()) == [0.0, 0.0, 1.0, 1.0]
+    hand = (w * nll.sum(1)).sum() / mask.sum()
+    full = nll.sum() / mask.sum()
+    loss, _ = _loss_and_grad(ours, inputs)
+    torch.testing.assert_close(loss.to(F64), hand, rtol=0, atol=1e-5)  # TRL's fused head is fp32
+    assert abs(loss.item() - full.item()) > 1e-3
+    m = ours._metrics["train"]
+    assert (m["samples/weight_mean"][-1], m["samples/weight_min"][-1], m["samples/weight_max"][-1]) == (0.5, 0.0, 1.0)
+
+
+def _linupper_by_hand(losses, temperature):
+    lmin, lmax = min(losses), max(losses)
+    d = max(lmax - lmin, 1e-6)
+    h = [2 * x / d - (lmax + lmin) / d for x in losses]
+    f = [min(v + 1.0, 1.0) for v in h]
+    g = [math.exp((v - max(f)) / temperature) for v in f]
+    return [v / sum(g) for v in g]
+
+
+def test_loss_reweighting_hand_case(tmp_path):
+    from posttrain.trainers.sft import PosttrainSFTTrainer
+
+    ours = _trainer(tmp_path, PosttrainSFTTrainer, weight=[1.0, 2.0, 1.0, 1.0], sample_strategies=[
+        {"name": "loss_reweighting", "strategy": "linupper", "temperature": 0.4, "burn_in_steps": 0}])
+    inputs = _batch(ours)
+    nll, mask = _per_token(ours, inputs)
+    n_i = mask.sum(1)
+    mean_nll = (nll.sum(1) / n_i).tolist()  # the per-sample loss: token-mean NLL of the completion tokens
+    w = _linupper_by_hand(mean_nll, 0.4)
+    col = inputs["weight"].tolist()  # the rows' own column values (the sampler shuffles)
+    hand = sum(col[i] * B * w[i] * nll[i].sum() for i in range(B)) / mask.sum()
+    loss, _ = _loss_and_grad(ours, inputs)
+    torch.testing.assert_close(loss.to(F64), hand, rtol=0, atol=1e-5)  # TRL's fused head is fp32
+    # one process: the official repo's loss sum_i w_i (n_i / sum n) l_i * B (weight column 1)
+    ours2 = _trainer(tmp_path / "b", PosttrainSFTTrainer, sample_strategies=[
+        {"name": "loss_reweighting", "strategy": "linupper", "temperature": 0.4, "burn_in_steps": 0}])
+    repo = sum(w[i] * (n_i[i] / n_i.sum()) * mean_nll[i] * B for i in range(B))
+    loss2, _ = _loss_and_grad(ours2, _batch(ours2))
+    torch.testing.assert_close(loss2.to(F64), torch.as_tensor(repo, dtype=F64), rtol=0, atol=1e-5)
+    m = ours2._metrics["train"]
+    assert m["samples/weight_mean"][-1] == pytest.approx(1.0)
+    assert m["samples/weight_max"][-1] == pytest.approx(B * max(w))
+
+
+def test_strategy_state_round_trip(tmp_path):
+    from posttrain.trainers.sft import PosttrainSFTTrainer
+
+    spec = [{"name": "loss_reweighting", "burn_in_steps": 3}]
+    a = _trainer(tmp_path / "a", PosttrainSFTTrainer, sample_strategies=spec)
+    a.state.global_step = 7
+    _loss_and_grad(a, _batch(a))
+    assert a.sample_strategies[0].num_steps == 7
+    path = tmp_path / "state.pt"
+    torch.save(a.posttrain_state(), path)
+    b = _trainer(tmp_path / "b", PosttrainSFTTrainer, sample_strategies=spec)
+    assert b.sample_strategies[0].num_steps == 0
+    b.load_posttrain_state(torch.load(path, weights_only=True))
+    assert b.sample_strategies[0].state_dict() == {"num_steps": 7}
+    assert b.posttrain_state()["samples"] == a.posttrain_state()["samples"]
+
+
+def test_bad_sample_strategy_is_one_line(tmp_path):
+    from posttrain.errors import UserError
+    from posttrain.trainers.sft import PosttrainSFTTrainer
+
+    with pytest.raises(UserError, match=r"^weighting.samples.0: unknown sample strategy 'dra'"):
+        _trainer(tmp_path, PosttrainSFTTrainer, sample_strategies=[{"name": "dra"}])
+    with pytest.raises(UserError, match=r"^weighting.samples.0: loss_reweighting: temperature"):
+        _trainer(tmp_path, PosttrainSFTTrainer, sample_strategies=[{"name": "loss_reweighting", "temperature": 0}])
