@@ -198,3 +198,121 @@ def test_bad_sample_strategy_is_one_line(tmp_path):
         _trainer(tmp_path, PosttrainSFTTrainer, sample_strategies=[{"name": "dra"}])
     with pytest.raises(UserError, match=r"^weighting.samples.0: loss_reweighting: temperature"):
         _trainer(tmp_path, PosttrainSFTTrainer, sample_strategies=[{"name": "loss_reweighting", "temperature": 0}])
+
+
+# ------------------------------------------------------------------------------------------------ data, recipes
+def test_arithmetic_sft_builder():
+    from posttrain.data import DATASETS, DataError
+
+    ds = DATASETS.get("arithmetic_sft")(n=6, low=1, high=9, split="heldout", seed=1)
+    assert set(ds.column_names) == {"prompt", "completion", "answer", "a", "b"}
+    for row in ds:
+        assert row["prompt"].endswith(f"A: {row['a']} + {row['b']} = ")  # the pre-fill ends the prompt
+        assert row["completion"] == row["answer"] == str(row["a"] + row["b"])  # no EOS: TRL appends it
+    plain = DATASETS.get("arithmetic")(n=6, low=1, high=9, split="heldout", seed=1, format="plain")
+    assert list(plain["prompt"]) == list(ds["prompt"])  # the same problems and prompts as the prompt builder
+    with pytest.raises(DataError, match="arithmetic_sft: format must be 'plain'"):
+        DATASETS.get("arithmetic_sft")(n=2, format="conversational")
+
+
+def test_trl_appends_eos_to_the_completion(tmp_path):
+    from posttrain.data import DATASETS
+    from posttrain.models import load_tokenizer
+    from posttrain.trainers.sft import PosttrainSFTTrainer
+
+    tok = load_tokenizer("tiny")
+    model, _ = _tiny_model_and_tokenizer()
+    model.resize_token_embeddings(len(tok))
+    ds = DATASETS.get("arithmetic_sft")(n=2, low=1, high=9)
+    args = trl.SFTConfig(output_dir=str(tmp_path), report_to=[], bf16=False, use_cpu=True, save_strategy="no",
+                         per_device_train_batch_size=2, dataset_num_proc=None)
+    trainer = PosttrainSFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    row = trainer.train_dataset[0]
+    loss_ids = [i for i, lab in zip(row["input_ids"], row["labels"]) if lab != -100]
+    assert tok.decode(loss_ids) == ds[0]["completion"] + tok.eos_token  # the answer, then EOS; prompt masked
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "posttrain", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_missing_sft_columns_is_one_line_exit_2(tmp_path):
+    out = tmp_path / "x"
+    res = _cli("run", "recipes/tiny_sft.yaml", f"output.dir={out}", "data.train.name=arithmetic")
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr
+    assert lines[0].startswith("posttrain: error: data.train: SFT needs columns prompt and completion, or messages, "
+                               "or text")
+    assert "the dataset has prompt, answer, a, b" in lines[0]
+    assert not out.exists()  # checked before the output directory is touched
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("weighting.samples=[{name: dra}]", "weighting.samples.0: unknown sample strategy 'dra'; known: loss_reweighting"),
+    ("weighting.samples=[{name: loss_reweighting, temperature: 0}]",
+     "weighting.samples.0: loss_reweighting: temperature: Input should be greater than 0"),
+    ("weighting.sequences=[{name: loss_reweighting}]", "weighting.sequences: not used by algorithm 'sft' (SFT takes "
+                                                       "weighting.samples)"),
+    ("train.loss_type=foo", "train.loss_type: unknown SFT loss type 'foo'"),
+    ("train.num_generations=4", "train.num_generations: unknown key (not a field of trl.SFTConfig)"),
+])
+def test_sft_recipe_errors_are_one_line(override, expected):
+    from posttrain.recipes import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(ROOT / "recipes" / "tiny_sft.yaml", [override])
+    assert expected in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_samples_need_algorithm_sft():
+    from posttrain.recipes import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match="weighting.samples: sample strategies weight the SFT loss"):
+        load_recipe(ROOT / "recipes" / "tiny_grpo.yaml", ["weighting.samples=[{name: loss_reweighting}]"])
+
+
+def test_burn_in_longer_than_the_run_warns_at_validate_time(capsys):
+    from posttrain.recipes import load_recipe
+
+    r = load_recipe(ROOT / "recipes" / "tiny_sft_loss_reweighting.yaml", ["weighting.samples.0.burn_in_steps=7"])
+    assert r.weighting.samples[0].model_dump()["burn_in_steps"] == 7
+    err = capsys.readouterr().err
+    assert "loss_reweighting: burn_in_steps=7 >= max_steps=2" in err and "never acts" in err
+    load_recipe(ROOT / "recipes" / "tiny_sft_loss_reweighting.yaml")  # burn_in_steps 0: no warning
+    assert "burn_in_steps" not in capsys.readouterr().err
+
+
+def test_shipped_sft_recipes_load():
+    from posttrain.recipes import load_recipe
+
+    for name in ("sft", "sft_loss_reweighting", "tiny_sft", "tiny_sft_loss_reweighting"):
+        r = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+        assert r.algorithm == "sft" and r.data.train.name == "arithmetic_sft"
+        assert bool(r.weighting.samples) == name.endswith("loss_reweighting")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["tiny_sft", "tiny_sft_loss_reweighting"])
+def test_tiny_sft_recipes_end_to_end(tmp_path, recipe):
+    import json
+
+    out = tmp_path / "run"
+    res = _cli("run", f"recipes/{recipe}.yaml", f"output.dir={out}", "model.threads=1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "train_runtime" not in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algorithm"] == "sft" and summary["global_step"] == 2
+    for when in ("before", "after"):
+        assert summary["eval"][when]["n"] == 8
+        assert math.isfinite(summary["eval"]["heldout_nll"][when])
+    if recipe.endswith("loss_reweighting"):  # no burn-in: the weights differ from the first step
+        assert rows[0]["samples/weight_min"] < 1.0 < rows[0]["samples/weight_max"]
+        assert rows[0]["samples/weight_mean"] == pytest.approx(1.0, abs=1e-5)
+    else:
+        assert "samples/weight_mean" not in rows[0]  # TRL's loss untouched
+    assert (out / "model").is_dir() and (out / "training_curves.png").exists()

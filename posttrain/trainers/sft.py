@@ -184,6 +184,26 @@ class PosttrainSFTTrainer(GuardedTrainerMixin, CheckpointStateMixin, _SampleWeig
             self._signature_columns = list(self._signature_columns) + [c for c in SAMPLE_COLUMNS
                                                                        if c not in self._signature_columns]
 
+    # ------------------------------------------------------------------ held-out NLL
+    def heldout_nll(self, dataset) -> float:
+        """Token-mean NLL of ``dataset``'s loss tokens (prepared as the training data: the completion tokens of
+        prompt/completion rows), unweighted, summed over processes; every rank must call it."""
+        prepared = self._prepare_dataset(dataset, self.processing_class, self.args, False, None, "held-out")
+        model, was_training = self.model, self.model.training
+        total = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        model.eval()
+        try:
+            with torch.no_grad():
+                for batch in self.get_eval_dataloader(prepared):
+                    batch = self._prepare_inputs(batch)
+                    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                labels=batch["labels"], fused_lm_head=True, use_cache=False)
+                    total += torch.stack([-out.log_probs.double().sum(), out.label_mask.sum().double()])
+        finally:
+            model.train(was_training)
+        total = self.accelerator.reduce(total, reduction="sum") if self.accelerator.num_processes > 1 else total
+        return float(total[0] / total[1].clamp(min=1))
+
     # ------------------------------------------------------------------ checkpoints (CheckpointStateMixin)
     def posttrain_state(self) -> Dict[str, Any]:
         state = super().posttrain_state()
