@@ -316,3 +316,28 @@ def test_tiny_sft_recipes_end_to_end(tmp_path, recipe):
     else:
         assert "samples/weight_mean" not in rows[0]  # TRL's loss untouched
     assert (out / "model").is_dir() and (out / "training_curves.png").exists()
+
+
+@pytest.mark.slow
+def test_sft_resume_is_exact(tmp_path):
+    """2 steps + --resume to 3 gives the 3-step run's step-3 metrics (weights, optimizer, data order, strategy)."""
+    import json
+
+    common = ["model.threads=1", "eval.enabled=false", "output.plots=false", "output.save_model=false",
+              "train.lr_scheduler_type=constant", "train.save_steps=1"]
+    recipe = "recipes/tiny_sft_loss_reweighting.yaml"
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for args in ([f"output.dir={straight}", "train.max_steps=3"], [f"output.dir={resumed}", "train.max_steps=2"],
+                 [f"output.dir={resumed}", "train.max_steps=3", "--resume"]):
+        res = _cli("run", recipe, *common, *args)
+        assert res.returncode == 0, res.stderr[-3000:]
+    state = torch.load(resumed / "trainer" / "checkpoint-2" / "posttrain_state.pt", weights_only=True)
+    assert set(state["samples"]) == {"0:loss_reweighting"} and "num_steps" in state["samples"]["0:loss_reweighting"]
+
+    def step3(out):
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return next(r for r in rows if r["step"] == 3 and "loss" in r)
+
+    a, b = step3(straight), step3(resumed)
+    for key in ("loss", "grad_norm", "samples/weight_min", "samples/weight_max"):
+        assert a[key] == b[key], key
