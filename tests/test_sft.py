@@ -200,6 +200,25 @@ def test_bad_sample_strategy_is_one_line(tmp_path):
         _trainer(tmp_path, PosttrainSFTTrainer, sample_strategies=[{"name": "loss_reweighting", "temperature": 0}])
 
 
+def test_weighted_sft_loss_edges():
+    from posttrain.losses import weighted_sft_loss
+
+    lp = torch.tensor([[-1.0, -2.0, 5.0], [-3.0, 7.0, 7.0]], dtype=F64)  # junk where the mask is 0
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert weighted_sft_loss(lp, mask).item() == pytest.approx(6.0 / 3)
+    assert weighted_sft_loss(lp, mask, torch.tensor([0.0, 2.0])).item() == pytest.approx(6.0 / 3)
+    assert weighted_sft_loss(lp, mask, num_tokens=6).item() == pytest.approx(1.0)
+    assert weighted_sft_loss(lp, torch.zeros_like(mask)).item() == 0.0  # no loss token: a finite zero
+    dft = weighted_sft_loss(lp, mask, loss_type="dft").item()
+    assert dft == pytest.approx((math.exp(-1) + 2 * math.exp(-2) + 3 * math.exp(-3)) / 3)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        weighted_sft_loss(lp, mask, torch.ones(3))
+    with pytest.raises(ValueError, match="weights has 1 non-finite"):
+        weighted_sft_loss(lp, mask, torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match="loss_type must be one of"):
+        weighted_sft_loss(lp, mask, loss_type="kto")
+
+
 # ------------------------------------------------------------------------------------------------ data, recipes
 def test_arithmetic_sft_builder():
     from posttrain.data import DATASETS, DataError

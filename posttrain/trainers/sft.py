@@ -1,7 +1,7 @@
 """Our SFT trainer: a subclass of TRL 1.16's ``SFTTrainer`` with per-sample weights.  Glue only.
 
-Where the weights enter a step (formulas in :mod:`posttrain.weighting.sequences.loss_reweighting` and
-:mod:`posttrain.weighting.samples`): per micro-batch TRL's own ``compute_loss`` runs unchanged (so every TRL metric
+Where the weights enter a step (formulas in :mod:`posttrain.losses.sft`,
+:mod:`posttrain.weighting.sequences.loss_reweighting` and :mod:`posttrain.weighting.samples`): per micro-batch TRL's own ``compute_loss`` runs unchanged (so every TRL metric
 is logged as usual) while a forward hook records the fused head's per-token log-probs ``lp_it`` and label mask
 ``m_it`` (no extra forward); the returned loss is then recomputed as
 
@@ -30,6 +30,7 @@ import torch
 from trl import SFTTrainer
 
 from posttrain.errors import UserError
+from posttrain.losses import weighted_sft_loss
 from posttrain.trainers.checkpointing import CheckpointStateMixin
 from posttrain.trainers.guards import GuardedTrainerMixin
 from posttrain.weighting.protocol import StrategyEnv, StrategyError
@@ -121,12 +122,9 @@ class _SampleWeightedSFT(SFTTrainer):
         self._metrics[mode]["samples/weight_mean"].append(all_w.mean().item())
         self._metrics[mode]["samples/weight_min"].append(all_w.min().item())
         self._metrics[mode]["samples/weight_max"].append(all_w.max().item())
-        per_token = -log_probs  # zero on ignored positions (TRL's fused head)
-        if self.args.loss_type == "dft":  # as TRL's compute_loss (DFT, arXiv 2508.05629)
-            per_token = per_token * log_probs.exp().detach()
-        num_tokens = label_mask.sum() if num_items_in_batch is None else num_items_in_batch
-        loss = (per_token * weights.unsqueeze(1)).sum() / torch.as_tensor(num_tokens).clamp(min=1)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+        loss = weighted_sft_loss(log_probs, label_mask, weights, num_tokens=num_items_in_batch,
+                                 loss_type=self.args.loss_type)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:  # as TRL's compute_loss
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return loss
 
