@@ -268,6 +268,25 @@ def test_missing_sft_columns_is_one_line_exit_2(tmp_path):
     assert not out.exists()  # checked before the output directory is touched
 
 
+def test_sft_formats_and_weight_column_checks():
+    from posttrain.errors import UserError
+    from posttrain.pipelines.checks import check_sft_data, check_weight_column, sft_format
+
+    D = datasets.Dataset.from_dict
+    assert sft_format(D({"prompt": ["a"], "completion": ["b"]})) == "prompt-completion"
+    assert sft_format(D({"messages": [[{"role": "user", "content": "hi"}]]})) == "messages"
+    assert sft_format(D({"text": ["x"]})) == "text"
+    assert sft_format(D({"body": ["x"]}), text_field="body") == "text"
+    assert sft_format(D({"prompt": ["a"], "answer": ["b"]})) is None
+    with pytest.raises(UserError, match=r"^data.train: SFT needs columns prompt and completion, or messages, or text "
+                                        r".*the dataset has prompt, answer"):
+        check_sft_data(D({"prompt": ["a"], "answer": ["b"]}), "data.train")
+    check_weight_column(D({"weight": [0, 1.5]}), "data.train")
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(UserError, match=r"^data.train: column 'weight' must hold finite numbers >= 0; row 1"):
+            check_weight_column(D({"weight": [1.0, bad]}), "data.train")
+
+
 @pytest.mark.parametrize("override, expected", [
     ("weighting.samples=[{name: dra}]", "weighting.samples.0: unknown sample strategy 'dra'; known: loss_reweighting"),
     ("weighting.samples=[{name: loss_reweighting, temperature: 0}]",

@@ -75,10 +75,14 @@ class SFTPipeline(Pipeline):
                                                                    else ""), flush=True)
 
     def describe(self, ev: dict) -> str:
-        return f"mean score {ev['mean_score']:.3f}, accuracy {ev['accuracy']:.3f} (n={ev['n']})"
+        return f"mean score {_fmt(ev['mean_score'])}, accuracy {ev['accuracy']:.3f} (n={ev['n']})"
 
     def describe_before(self, ev: dict) -> str:
-        return f"{ev['mean_score']:.3f} / {ev['accuracy']:.3f}"
+        return f"{_fmt(ev['mean_score'])} / {ev['accuracy']:.3f}"
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"  # None: no reply could be scored
 
 
 def run_sft_recipe(recipe, *, recipe_path: str, overrides=(), resume: bool = False) -> dict:
