@@ -379,3 +379,15 @@ def test_sft_resume_is_exact(tmp_path):
     a, b = step3(straight), step3(resumed)
     for key in ("loss", "grad_norm", "samples/weight_min", "samples/weight_max"):
         assert a[key] == b[key], key
+
+
+def test_posttrain_eval_of_an_sft_recipe_scores_prompts_without_pairs(capsys):
+    import json
+
+    from posttrain.cli import main
+
+    code = main(["eval", "tiny_sft", "--json", "--threads", "1", "--n", "2"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    res = json.loads(cap.out)
+    assert "pairs" not in res and res["prompts"]["n"] == 2 and res["prompts"]["reward"] == "math_answer"
