@@ -263,7 +263,8 @@ def run_eval(target: Target, *, data: Optional[str] = None, n: Optional[int] = N
     result: Dict[str, Any] = {"target": target.kind, "model": target.model, "recipe": target.recipe_path}
     file_ds = _file_dataset(data) if data else None
     want_pairs = pairs if pairs is not None else (
-        (file_ds is not None and _is_pairs(file_ds)) or (file_ds is None and recipe.algorithm != "grpo"))
+        (file_ds is not None and _is_pairs(file_ds))
+        or (file_ds is None and recipe.algorithm in ("dpo", "reward_model+dpo")))
     model, tok = _load(target.model, recipe)
     bs = batch_size or recipe.eval.batch_size
 

@@ -2,7 +2,8 @@
 
 Every algorithm runs through one skeleton, :func:`posttrain.pipelines.skeleton.run_pipeline` (pre-flight checks,
 output directories and the safe replacement of a previous run, resume, threads, seed, evaluation, metrics, stop
-handling, final outputs); ``posttrain.pipelines.grpo`` and ``posttrain.pipelines.dpo`` hold only what differs.
+handling, final outputs); ``posttrain.pipelines.grpo``, ``posttrain.pipelines.dpo`` and ``posttrain.pipelines.sft``
+hold only what differs.
 The helpers are re-exported here for scripts that build parts of a run themselves.
 """
 from __future__ import annotations
@@ -24,9 +25,13 @@ def run_recipe(recipe, *, recipe_path: str, overrides=(), resume: bool = False) 
         from posttrain.pipelines.dpo import run_dpo_recipe
 
         return run_dpo_recipe(recipe, recipe_path=recipe_path, overrides=overrides, resume=resume)
+    if recipe.algorithm == "sft":
+        from posttrain.pipelines.sft import run_sft_recipe
+
+        return run_sft_recipe(recipe, recipe_path=recipe_path, overrides=overrides, resume=resume)
     if recipe.algorithm != "grpo":
         raise UserError(f"algorithm '{recipe.algorithm}' is not available in this version (grpo, dpo, "
-                        f"reward_model+dpo)")
+                        f"reward_model+dpo, sft)")
     from posttrain.pipelines.grpo import run_grpo_recipe
 
     return run_grpo_recipe(recipe, recipe_path=recipe_path, overrides=overrides, resume=resume)

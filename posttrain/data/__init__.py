@@ -4,14 +4,15 @@
     train = DATASETS.get("arithmetic")(n=1000, level="medium", split="train", seed=0)
     evalset = DATASETS.get("arithmetic")(n=50, level="medium", split="heldout", seed=0)
 
-Builders (``DATASETS.names()``): ``arithmetic`` (:func:`arithmetic_problems`), ``tweets`` (:func:`tweet_prompts`),
+Builders (``DATASETS.names()``): ``arithmetic`` (:func:`arithmetic_problems`), ``arithmetic_sft``
+(:func:`arithmetic_sft`, SFT prompt/completion demonstrations), ``tweets`` (:func:`tweet_prompts`),
 ``file`` (:func:`load_prompt_file`), ``preferences`` (:func:`preference_pairs`, DPO pairs); an import path ``"pkg.mod:builder"`` also works. Every builder takes keyword
 arguments and raises :class:`DataError` (a ``ValueError``) with a one-line message on bad input.
 See docs/rewards_and_data.md.
 """
 from posttrain.registry import Registry
 
-from .arithmetic import LEVELS, arithmetic_problems, split_pairs
+from .arithmetic import LEVELS, arithmetic_problems, arithmetic_sft, split_pairs
 from .common import DataError, DataFileNotFoundError, in_split, render_prompt, split_bucket
 from .files import load_prompt_file
 from .preferences import gold_positivity, preference_pairs
@@ -19,6 +20,7 @@ from .tweets import clean_tweet, corpus_path, load_corpus, tweet_prompts
 
 DATASETS = Registry("dataset")
 DATASETS.register("arithmetic", arithmetic_problems)
+DATASETS.register("arithmetic_sft", arithmetic_sft)
 DATASETS.register("tweets", tweet_prompts)
 DATASETS.register("file", load_prompt_file)
 DATASETS.register("preferences", preference_pairs)
@@ -29,6 +31,7 @@ __all__ = [
     "DataFileNotFoundError",
     "LEVELS",
     "arithmetic_problems",
+    "arithmetic_sft",
     "split_pairs",
     "tweet_prompts",
     "clean_tweet",

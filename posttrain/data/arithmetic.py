@@ -152,3 +152,26 @@ def arithmetic_problems(
     from datasets import Dataset
 
     return Dataset.from_dict({"prompt": prompts, "answer": answers, "a": As, "b": Bs})
+
+
+def arithmetic_sft(n: int | None = None, *, format: str = "plain", **kwargs: Any):
+    """SFT demonstrations for the arithmetic problems: :func:`arithmetic_problems` (same arguments, same seeded
+    disjoint splits) with a ``completion`` column holding the exact answer, so the columns are ``prompt``,
+    ``completion``, ``answer``, ``a``, ``b`` -- TRL 1.16's prompt-completion format (the loss covers the completion
+    tokens only, ``completion_only_loss``).
+
+    The prompt ends with the pre-fill (``"... A: 3 + 4 = "``, or the chat template continued after
+    ``"3 + 4 = "`` with ``tokenizer=``), and the completion is the number (``"7"``): the model learns the same
+    continuation that the greedy evaluation of the same prompt scores. No EOS is appended here: TRL's SFT dataset
+    preparation appends ``tokenizer.eos_token`` to every non-conversational completion that does not end with it
+    (for SmolLM2-Instruct that is ``<|im_end|>``, the end of the assistant turn), so the model also learns to stop.
+
+    Only ``format="plain"``: a conversational prompt ending in a pre-filled assistant message is not continued by
+    TRL's SFT tokenization (it renders the prompt with ``add_generation_prompt=True``); pass ``tokenizer=`` to get
+    the chat template rendered into the plain prompt instead.
+    """
+    if format != "plain":
+        raise DataError(f"arithmetic_sft: format must be 'plain' (TRL's SFT does not continue a pre-filled "
+                        f"assistant message; pass tokenizer= to render the chat template), got {format!r}")
+    ds = arithmetic_problems(n, format="plain", **kwargs)
+    return ds.add_column("completion", list(ds["answer"]))

@@ -8,14 +8,16 @@ previous run or leaves a stub behind.  The recipe loader has already checked eve
 
 * data: every dataset is built (the builders are offline; ``preferences`` generates and caches its replies once),
   must be a ``datasets.Dataset`` with rows and the columns the algorithm reads (``prompt``; DPO pairs
-  ``prompt`` / ``chosen`` / ``rejected``; the score columns of ``reward_model.source: columns``);
+  ``prompt`` / ``chosen`` / ``rejected``; SFT one of TRL's formats ``prompt`` + ``completion`` / ``messages`` /
+  ``text``, and a ``weight`` column of finite numbers >= 0 if there is one; the score columns of
+  ``reward_model.source: columns``);
 * model: ``model.name`` must name a shipped model, an existing model directory, or a hub id that is in the local
   Hugging Face cache or whose hub answers (a path that does not exist fails at once instead of after ~50 s of hub
   retries);
 * TRL: the config of every stage (``GRPOConfig`` / ``DPOConfig``, and ``RewardConfig`` for the reward-model stage)
   is built with the values the run will use, so TRL's own ``__post_init__`` checks run now;
 * logging backends of ``output.report_to`` must be importable;
-* DPO evaluation needs a scoring reward.
+* DPO and SFT evaluation need a scoring reward.
 """
 from __future__ import annotations
 
@@ -78,6 +80,15 @@ def check_columns(ds, where: str, needed, hint: str = "") -> None:
                         f"(columns: {', '.join(cols) or 'none'}){hint}")
 
 
+def check_weight_column(ds, where: str) -> None:
+    """A per-sample ``weight`` column: finite numbers >= 0, no missing values."""
+    import math
+
+    for i, v in enumerate(ds["weight"]):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise UserError(f"{where}: column 'weight' must hold finite numbers >= 0; row {i} has {v!r}")
+
+
 def check_pairs(ds, where: str) -> None:
     """DPO needs preference pairs: ``prompt``, ``chosen``, ``rejected``."""
     cols = set(ds.column_names or ())
@@ -85,6 +96,27 @@ def check_pairs(ds, where: str) -> None:
     if missing:
         raise UserError(f"{where}: DPO needs preference pairs with columns prompt, chosen, rejected; "
                         f"missing {', '.join(missing)} (e.g. use data.train.name=preferences)")
+
+
+def sft_format(ds, text_field: str = "text") -> Optional[str]:
+    """Which of TRL 1.16's SFT data formats ``ds`` has (``prompt-completion``, ``messages``, ``text`` or the
+    pre-tokenized ``input_ids``), or None."""
+    cols = set(ds.column_names or ())
+    if {"prompt", "completion"} <= cols:
+        return "prompt-completion"
+    for fmt, col in (("messages", "messages"), ("messages", "conversations"), ("text", text_field),
+                     ("input_ids", "input_ids")):
+        if col in cols:
+            return fmt
+    return None
+
+
+def check_sft_data(ds, where: str, text_field: str = "text") -> None:
+    """SFT needs one of TRL's formats: ``prompt`` + ``completion``, ``messages``, or ``text``."""
+    if sft_format(ds, text_field) is None:
+        cols = ", ".join(ds.column_names or ()) or "none"
+        raise UserError(f"{where}: SFT needs columns prompt and completion, or messages, or {text_field} (TRL's "
+                        f"formats); the dataset has {cols} (e.g. use data.train.name=arithmetic_sft)")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -186,17 +218,23 @@ def check_run(recipe, *, out: Optional[Path] = None, standalone: bool = False) -
     check_model_name(recipe)
     dpo = recipe.algorithm in ("dpo", "reward_model+dpo")
     train_ds = build_dataset(recipe.data.train, "data.train")
+    sft = recipe.algorithm == "sft"
     if dpo:
         check_pairs(train_ds, "data.train")
+    elif sft:
+        check_sft_data(train_ds, "data.train", str(recipe.train.get("dataset_text_field") or "text"))
+        if "weight" in (train_ds.column_names or ()):
+            check_weight_column(train_ds, "data.train")
     else:
         check_columns(train_ds, "data.train", ["prompt"], " (GRPO generates from the 'prompt' column)")
     eval_ds = None
     if recipe.data.eval is not None:
         eval_ds = build_dataset(recipe.data.eval, "data.eval")
         check_columns(eval_ds, "data.eval", ["prompt"], " (evaluation generates from the 'prompt' column)")
-    if dpo and eval_ds is not None and recipe.eval.enabled and recipe.eval.reward is None and not recipe.rewards:
-        raise UserError("eval.reward: DPO evaluation needs a scoring reward (eval.reward or rewards.0), "
-                        "or set eval.enabled=false")
+    if (dpo or sft) and eval_ds is not None and recipe.eval.enabled and recipe.eval.reward is None \
+            and not recipe.rewards:
+        raise UserError(f"eval.reward: {'SFT' if sft else 'DPO'} evaluation needs a scoring reward (eval.reward or "
+                        f"rewards.0), or set eval.enabled=false")
     if recipe.algorithm == "reward_model+dpo":
         rm = recipe.reward_model
         if rm.source == "columns":
@@ -213,10 +251,14 @@ def check_run(recipe, *, out: Optional[Path] = None, standalone: bool = False) -
         from trl import DPOConfig
 
         build_trl_args(recipe, out, config_cls=DPOConfig)
+    elif sft:
+        from trl import SFTConfig
+
+        build_trl_args(recipe, out, config_cls=SFTConfig)
     else:
         build_trl_args(recipe, out)
     return Checked(train_ds=train_ds, eval_ds=eval_ds)
 
 
 __all__ = ["Checked", "PAIR_COLUMNS", "build_dataset", "check_columns", "check_model_name", "check_pairs",
-           "check_report_to", "check_run"]
+           "check_report_to", "check_run", "check_sft_data", "check_weight_column", "sft_format"]

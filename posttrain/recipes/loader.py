@@ -208,11 +208,18 @@ def _check_algorithm_sections(recipe: Recipe, source: str) -> None:
     w = recipe.weighting
     if recipe.algorithm == "grpo" and w.pairs:
         raise RecipeError(f"{source}: weighting.pairs: pair strategies need algorithm 'dpo' or 'reward_model+dpo'")
+    if recipe.algorithm == "sft" and w.pairs:
+        raise RecipeError(f"{source}: weighting.pairs: pair strategies need algorithm 'dpo' or 'reward_model+dpo' "
+                          f"(SFT takes weighting.samples)")
+    if recipe.algorithm != "sft" and w.samples:
+        raise RecipeError(f"{source}: weighting.samples: sample strategies weight the SFT loss; they need "
+                          f"algorithm 'sft' (GRPO's loss_reweighting is under weighting.sequences)")
     if recipe.algorithm != "grpo":
+        takes = "SFT takes weighting.samples" if recipe.algorithm == "sft" else "DPO takes weighting.pairs"
         for key, value in (("tokens", w.tokens), ("sequences", w.sequences), ("objectives", w.objectives)):
             if value:
                 raise RecipeError(f"{source}: weighting.{key}: not used by algorithm '{recipe.algorithm}' "
-                                  f"(DPO takes weighting.pairs)")
+                                  f"({takes})")
     if recipe.algorithm == "reward_model+dpo" and recipe.reward_model.source == "train":
         from trl import RewardConfig
 
@@ -233,6 +240,9 @@ DPO_LOSS_TYPES = frozenset({"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair
 # The loss types TRL 1.16's GRPOTrainer._compute_loss dispatches on; GRPOConfig accepts any string and the run
 # would only fail at its first step ("Unknown loss type").
 GRPO_LOSS_TYPES = frozenset({"grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"})
+
+# The loss types TRL 1.16's SFTTrainer.compute_loss knows ("chunked_nll" is its deprecated alias of "nll").
+SFT_LOSS_TYPES = frozenset({"nll", "dft", "chunked_nll"})
 
 
 def _check_trl_values(values: Dict[str, Any], prefix: str, source: str) -> None:
@@ -267,6 +277,8 @@ def _check_train_section(recipe: Recipe, source: str) -> None:
     """Keys under ``train:`` must be fields of TRL's config for the algorithm, with values of the right type."""
     if recipe.algorithm == "grpo":
         from trl import GRPOConfig as cfg_cls
+    elif recipe.algorithm == "sft":
+        from trl import SFTConfig as cfg_cls
     else:
         from trl import DPOConfig as cfg_cls
     _check_trl_fields(recipe.train, cfg_cls, "train", source)
@@ -278,7 +290,10 @@ def _check_train_section(recipe: Recipe, source: str) -> None:
     ng = recipe.train.get("num_generations", 8 if recipe.algorithm == "grpo" else None)
     if recipe.algorithm == "grpo" and isinstance(ng, int) and ng < 2:
         raise RecipeError(f"{source}: train.num_generations: GRPO needs at least 2 generations per prompt (got {ng})")
-    if recipe.algorithm != "grpo" and "loss_type" in recipe.train:
+    if recipe.algorithm == "sft" and "loss_type" in recipe.train and recipe.train["loss_type"] not in SFT_LOSS_TYPES:
+        raise RecipeError(f"{source}: train.loss_type: unknown SFT loss type {recipe.train['loss_type']!r}; "
+                          f"TRL 1.16 knows: {', '.join(sorted(SFT_LOSS_TYPES))}")
+    if recipe.algorithm in ("dpo", "reward_model+dpo") and "loss_type" in recipe.train:
         types = recipe.train["loss_type"]
         for t in [types] if isinstance(types, str) else types:
             if t not in DPO_LOSS_TYPES:

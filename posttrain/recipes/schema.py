@@ -46,12 +46,14 @@ class ModelSection(_Strict):
 
 
 class DatasetSpec(_Strict):
-    name: str = Field(..., description="Dataset builder: arithmetic | tweets | file | preferences, or 'pkg.mod:fn'.")
+    name: str = Field(..., description="Dataset builder: arithmetic | arithmetic_sft | tweets | file | preferences, or "
+                      "'pkg.mod:fn'.")
     args: Dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the builder.")
 
 
 class DataSection(_Strict):
-    train: DatasetSpec = Field(..., description="Training prompts (GRPO) or pairs (DPO).")
+    train: DatasetSpec = Field(..., description="Training prompts (GRPO), pairs (DPO) or demonstrations (SFT: "
+                               "prompt/completion, messages or text columns, e.g. arithmetic_sft).")
     eval: Optional[DatasetSpec] = Field(None, description="Held-out prompts for before/after evaluation.")
 
 
@@ -83,6 +85,11 @@ class WeightingSection(_Strict):
         "hypervolume | lagrangian | recap | trust. May hold one argument block per strategy name, used when that "
         "strategy is selected, e.g. {name: fixed, lagrangian: {thresholds: [null, 0.8]}}.")
     pairs: List[StrategySpec] = Field(default_factory=list, description="DPO pair weighting strategies.")
+    samples: List[StrategySpec] = Field(
+        default_factory=list, description="Per-sample weights of the SFT loss (algorithm 'sft'): loss_reweighting "
+        "(Sow et al., ICLR 2025, arXiv 2502.06733: softmax of f(the sample's token-mean NLL rescaled within the "
+        "all-gathered batch), uniform for burn_in_steps; arguments strategy, temperature, delta, burn_in_steps as "
+        "the sequence strategy of the same name). They multiply with a 'weight' column of data.train.")
     scope: Literal["micro", "local", "global"] = Field(
         "micro",
         description="Over which tensors batch statistics (min/max, quantiles, covariance) are taken: the "
@@ -187,7 +194,11 @@ class Recipe(_Strict):
     )
     description: str = Field("", description="One line shown by `posttrain recipes`.")
     seed: int = Field(0, description="Seed for data, sampling and initialisation.")
-    algorithm: Literal["grpo", "dpo", "reward_model+dpo"] = Field("grpo", description="Training algorithm.")
+    algorithm: Literal["grpo", "dpo", "reward_model+dpo", "sft"] = Field(
+        "grpo", description="Training algorithm: GRPO (Shao et al. 2024, arXiv 2402.03300), DPO (Rafailov et al. "
+        "2023, arXiv 2305.18290), reward_model+dpo (MADPO, arXiv 2510.05342), or sft (supervised fine-tuning on "
+        "prompt/completion, messages or text data with TRL's SFTTrainer; per-sample weights from a 'weight' column "
+        "and weighting.samples).")
     model: ModelSection
     data: DataSection
     rewards: List[RewardSpec] = Field(default_factory=list, description="Reward functions (GRPO objectives).")
@@ -199,7 +210,7 @@ class Recipe(_Strict):
     rollout: RolloutSection = Field(default_factory=RolloutSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     train: Dict[str, Any] = Field(
-        default_factory=dict, description="TRL config fields (GRPOConfig / DPOConfig), passed through after checks. "
+        default_factory=dict, description="TRL config fields (GRPOConfig / DPOConfig / SFTConfig), passed through after checks. "
         "Fields posttrain owns elsewhere are honoured, never overridden in silence: logging_steps sets "
         "output.logging_steps, reward_weights (GRPO) sets rewards[i].weight (an error when either is also set "
         "to another value); resume_from_checkpoint is an error (use --resume)."

@@ -69,6 +69,13 @@ def check_strategies(recipe, reward_names: Sequence[str], fail: Callable[[str, A
             except (ValueError, TypeError) as exc:
                 raise_prefixed(fail, path, exc)
         built += strategies
+    if w.samples and recipe.algorithm == "sft":  # SFT's per-sample weights (posttrain.weighting.samples)
+        from posttrain.weighting.samples import build_sample_strategies
+
+        try:
+            built += build_sample_strategies([spec.model_dump() for spec in w.samples], env)
+        except (RegistryError, ValueError, TypeError) as exc:
+            raise_prefixed(fail, "weighting.samples", exc)
     return [line for s in built for line in protocol.strategy_warnings([s])]
 
 
