@@ -29,6 +29,7 @@ from posttrain.errors import RunStopped, StrategyFailed, UserError
 from posttrain.losses import weighted_preference_loss
 from posttrain.registry import RegistryError
 from posttrain.trainers.checkpointing import CheckpointStateMixin
+from posttrain.trainers.columns import FloatColumnsCollator, KeepColumnsMixin
 from posttrain.trainers.guards import GuardedTrainerMixin, zero_loss
 from posttrain.weighting.pairs import build_pair_strategies, required_columns, split_pair_strategies
 from posttrain.weighting.pair_specs import PairWeighting
@@ -43,25 +44,7 @@ def _label(strategy: Strategy) -> str:
     return strategy.name or type(strategy).__name__
 
 
-class PairColumnsCollator:
-    """Wraps TRL's preference collator: also returns the per-pair ``weight`` / ``margin`` columns as float tensors
-    (TRL's collator keeps only the token ids and reference log-probs)."""
-
-    def __init__(self, inner, columns: Sequence[str] = PAIR_COLUMNS):
-        self.inner, self.columns = inner, tuple(columns)
-
-    def __call__(self, examples: List[Dict[str, Any]]) -> Dict[str, Any]:
-        out = self.inner(examples)
-        for col in self.columns:
-            if col in examples[0]:
-                values = [ex[col] for ex in examples]
-                if any(v is None for v in values):
-                    raise ValueError(f"column '{col}' has missing values (None)")
-                out[col] = torch.tensor([float(v) for v in values], dtype=torch.float32)
-        return out
-
-
-class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
+class AdaptiveDPOTrainer(KeepColumnsMixin, GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
     """TRL's DPO plus per-pair weights (``weight`` column, pair strategies). Exactly TRL's DPO without them.
 
     Args (besides ``DPOTrainer``'s): ``pair_strategies`` -- the recipe's ``weighting.pairs`` specs
@@ -82,9 +65,10 @@ class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
             raise UserError(f"weighting.pairs.{exc}") from None
         needed = required_columns(self.pair_strategies)
         self._pair_columns = tuple(dict.fromkeys([*PAIR_COLUMNS, *(col for col, _ in needed)]))
+        self._extra_columns = self._pair_columns
         super().__init__(*args, **kwargs)
         self._install_guard(max_nonfinite_steps, diagnostics_dir)
-        self.data_collator = PairColumnsCollator(self.data_collator, self._pair_columns)
+        self.data_collator = FloatColumnsCollator(self.data_collator, self._pair_columns)
         columns = set(getattr(self.train_dataset, "column_names", None) or ())
         for col, name in needed:
             if col not in columns:
@@ -122,13 +106,6 @@ class AdaptiveDPOTrainer(GuardedTrainerMixin, CheckpointStateMixin, DPOTrainer):
         if problems:
             raise UserError("per-pair weights (weighting.pairs or a 'weight' column) cannot be combined with: "
                             + "; ".join(problems))
-
-    def _set_signature_columns_if_needed(self):
-        # remove_unused_columns would drop our columns before the collator sees them
-        super()._set_signature_columns_if_needed()
-        if not self._is_vision_dataset:
-            self._signature_columns = list(self._signature_columns) + [c for c in self._pair_columns
-                                                                       if c not in self._signature_columns]
 
     # ------------------------------------------------------------------ loss
     @contextlib.contextmanager

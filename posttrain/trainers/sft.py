@@ -32,28 +32,11 @@ from trl import SFTTrainer
 from posttrain.errors import UserError
 from posttrain.losses import weighted_sft_loss
 from posttrain.trainers.checkpointing import CheckpointStateMixin
+from posttrain.trainers.columns import FloatColumnsCollator, KeepColumnsMixin
 from posttrain.trainers.guards import GuardedTrainerMixin
 from posttrain.weighting.protocol import StrategyEnv, StrategyError
 
 SAMPLE_COLUMNS = ("weight",)
-
-
-class SampleColumnsCollator:
-    """Wraps TRL's language-modeling collator: also returns the per-sample ``weight`` column as a float tensor
-    (TRL's collator keeps only token ids and labels)."""
-
-    def __init__(self, inner, columns: Sequence[str] = SAMPLE_COLUMNS):
-        self.inner, self.columns = inner, tuple(columns)
-
-    def __call__(self, examples: List[Dict[str, Any]]) -> Dict[str, Any]:
-        out = self.inner(examples)
-        for col in self.columns:
-            if col in examples[0]:
-                values = [ex[col] for ex in examples]
-                if any(v is None for v in values):
-                    raise ValueError(f"column '{col}' has missing values (None)")
-                out[col] = torch.tensor([float(v) for v in values], dtype=torch.float32)
-        return out
 
 
 class _SampleWeightedSFT(SFTTrainer):
@@ -129,7 +112,7 @@ class _SampleWeightedSFT(SFTTrainer):
         return loss
 
 
-class PosttrainSFTTrainer(GuardedTrainerMixin, CheckpointStateMixin, _SampleWeightedSFT):
+class PosttrainSFTTrainer(KeepColumnsMixin, GuardedTrainerMixin, CheckpointStateMixin, _SampleWeightedSFT):
     """TRL's SFT plus per-sample weights (a ``weight`` column, ``weighting.samples`` strategies); exactly TRL's SFT
     without them. Non-finite losses / gradients skip the step (:class:`~posttrain.trainers.guards.StepGuard`);
     checkpoints are complete-or-ignored and carry the strategies' state.
@@ -138,6 +121,8 @@ class PosttrainSFTTrainer(GuardedTrainerMixin, CheckpointStateMixin, _SampleWeig
     (``[{"name": "loss_reweighting", "strategy": "linupper", "temperature": 0.4, "burn_in_steps": 1000}]``) or built
     strategies; ``max_nonfinite_steps``, ``diagnostics_dir`` (the guard's).
     """
+
+    _extra_columns = SAMPLE_COLUMNS
 
     def __init__(self, *args, sample_strategies: Sequence[Any] = (), max_nonfinite_steps: int = 3,
                  diagnostics_dir=None, **kwargs):
@@ -151,7 +136,7 @@ class PosttrainSFTTrainer(GuardedTrainerMixin, CheckpointStateMixin, _SampleWeig
             raise UserError(f"weighting.samples.{exc}") from None
         super().__init__(*args, **kwargs)
         self._install_guard(max_nonfinite_steps, diagnostics_dir)
-        self.data_collator = SampleColumnsCollator(self.data_collator)
+        self.data_collator = FloatColumnsCollator(self.data_collator, SAMPLE_COLUMNS)
         columns = set(getattr(self.train_dataset, "column_names", None) or ())
         self._weighted = bool(self.sample_strategies) or "weight" in columns
         if self._weighted:
@@ -174,13 +159,6 @@ class PosttrainSFTTrainer(GuardedTrainerMixin, CheckpointStateMixin, _SampleWeig
         if problems:
             raise UserError("per-sample weights (weighting.samples or a 'weight' column) cannot be combined with: "
                             + "; ".join(problems))
-
-    def _set_signature_columns_if_needed(self):
-        # remove_unused_columns would drop the weight column before the collator sees it
-        super()._set_signature_columns_if_needed()
-        if not self._is_vision_dataset:
-            self._signature_columns = list(self._signature_columns) + [c for c in SAMPLE_COLUMNS
-                                                                       if c not in self._signature_columns]
 
     # ------------------------------------------------------------------ held-out NLL
     def heldout_nll(self, dataset) -> float:
@@ -216,4 +194,4 @@ class PosttrainSFTTrainer(GuardedTrainerMixin, CheckpointStateMixin, _SampleWeig
                 strategy.load_state_dict(saved[f"{i}:{strategy.name}"])
 
 
-__all__ = ["PosttrainSFTTrainer", "SAMPLE_COLUMNS", "SampleColumnsCollator"]
+__all__ = ["PosttrainSFTTrainer", "SAMPLE_COLUMNS"]
