@@ -223,3 +223,9 @@ def test_falls_back_to_trl(tiny, tmp_path):
         finally:
             del base.config.final_logit_softcapping
 
+
+def test_bench_quick_runs(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_grpo_step_memory.py"), "--quick"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ours/TRL" in out.stdout and "peak" in out.stdout
