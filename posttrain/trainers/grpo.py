@@ -10,7 +10,8 @@ strategies run in :meth:`_compute_loss` and reach the loss through :func:`posttr
 the loss is TRL's own ``_compute_loss`` untouched. With no strategy at all this is exactly TRL's GRPO.
 Trainer-only services (embeddings, per-objective gradients, held-out evaluation) are in
 :mod:`posttrain.trainers.grpo_services`. A strategy that raises in a hook stops the run with a checkpoint.
-Reliability (docs/reliability.md): failed rewards are NaN rows (left out of the advantages); :class:`StepGuard`
+Per-token log-probs and entropies come from our chunked LM-head path (:class:`ChunkedLogprobsMixin`; TRL's fused
+head where it cannot apply). Reliability (docs/reliability.md): failed rewards are NaN rows (left out of the advantages); :class:`StepGuard`
 skips non-finite steps; checkpoints carry every strategy's state (:class:`CheckpointStateMixin`).
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from posttrain.rewards.base import completion_text
 from posttrain.trainers import grpo_services as services
 from posttrain.trainers.checkpointing import CheckpointStateMixin
 from posttrain.trainers.dynamic_sampling import DynamicSamplingMixin
+from posttrain.trainers.forward import ChunkedLogprobsMixin
 from posttrain.trainers.guards import GuardedTrainerMixin, RewardFailureMixin, zero_loss
 from posttrain.trainers.token_loss import TokenLossMixin
 from posttrain.weighting import protocol
@@ -48,8 +50,8 @@ class _StepEndHooks(TrainerCallback):
         self.trainer._run_step_end_hooks(state.global_step)
 
 
-class PosttrainGRPOTrainer(DynamicSamplingMixin, TokenLossMixin, RewardFailureMixin, GuardedTrainerMixin,
-                           CheckpointStateMixin, GRPOTrainer):
+class PosttrainGRPOTrainer(ChunkedLogprobsMixin, DynamicSamplingMixin, TokenLossMixin, RewardFailureMixin,
+                           GuardedTrainerMixin, CheckpointStateMixin, GRPOTrainer):
     """TRL's GRPO plus the strategy protocol's hooks.  With no strategy configured it is exactly TRL's GRPO.
 
     Extra keyword arguments: ``weighting`` (the recipe's ``weighting`` section: ``objectives``, ``sequences``,
