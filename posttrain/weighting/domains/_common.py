@@ -76,6 +76,20 @@ def check_gradients(domain_gradients: Any, heldout_gradient: Any) -> Tuple[torch
     return G, g
 
 
+def alignment_scores(ctx: DomainContext, n_domains: int, *, sharded: bool, log_key: str) -> torch.Tensor:
+    """``s_d = <g_heldout, g_d>`` from the context's gradient services (``[D]``, float64), all-reduced when each
+    process holds a shard of the parameters (``sharded``); each score is logged as ``<log_key>/<domain>``."""
+    G, g = check_gradients(ctx.domain_gradients(), ctx.heldout_gradient())
+    if G.shape[0] != n_domains:
+        raise ValueError(f"domain_gradients has {G.shape[0]} rows for {n_domains} domains")
+    s = G @ g
+    if sharded:
+        s = as_f64("alignment scores", ctx.all_reduce_sum(s))
+    for name, v in zip(ctx.domains, s.tolist()):
+        ctx.log(f"{log_key}/{name}", float(v))
+    return s
+
+
 def context_arrays(ctx: DomainContext, *, need_sizes: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``(weights_D, sizes_D or None)`` of a :class:`DomainContext`, checked against ``ctx.domains``."""
     d = len(ctx.domains)

@@ -34,7 +34,7 @@ from pydantic import Field
 from posttrain.checks import check_choice, check_real
 from posttrain.weighting.protocol import DomainContext, Strategy, StrategyConfig, StrategyEnv, register_strategy
 
-from ._common import LOGIT_RANGE, as_f64, apply_floor, check_gradients, context_arrays, to_list
+from ._common import LOGIT_RANGE, alignment_scores, as_f64, apply_floor, context_arrays, to_list
 
 __all__ = ["mirror_descent_step", "BilevelConfig", "BilevelMixing"]
 
@@ -136,14 +136,7 @@ class BilevelMixing(Strategy):
         if w.numel() == 1:  # nothing to mix: no gradient is requested
             self.num_updates += 1
             return [1.0]
-        G, g = check_gradients(ctx.domain_gradients(), ctx.heldout_gradient())
-        if G.shape[0] != w.numel():
-            raise ValueError(f"domain_gradients has {G.shape[0]} rows for {w.numel()} domains")
-        s = G @ g
-        if self.config.sharded_gradients:
-            s = as_f64("alignment", ctx.all_reduce_sum(s))
-        for name, v in zip(ctx.domains, s.tolist()):
-            ctx.log(f"domain_weighting/bilevel/alignment/{name}", float(v))
+        s = alignment_scores(ctx, w.numel(), sharded=self.config.sharded_gradients, log_key="domain_weighting/bilevel/alignment")
         c = self.config
         self.log_weights = mirror_descent_step(self.log_weights, s, step_size=c.step_size, normalize=c.normalize,
                                                floor=c.floor)

@@ -38,7 +38,7 @@ from pydantic import Field
 from posttrain.checks import check_choice, check_real
 from posttrain.weighting.protocol import DomainContext, Strategy, StrategyConfig, StrategyEnv, register_strategy
 
-from ._common import LOGIT_RANGE, as_f64, apply_floor, check_gradients, check_weights, context_arrays, to_list
+from ._common import LOGIT_RANGE, alignment_scores, as_f64, apply_floor, check_gradients, check_weights, context_arrays, to_list
 
 __all__ = ["influence_scores", "standardize_scores", "influence_weights", "InfluenceConfig", "InfluenceMixing"]
 
@@ -149,14 +149,7 @@ class InfluenceMixing(Strategy):
         w, _ = context_arrays(ctx)
         if w.numel() == 1:
             return [1.0]
-        G, g = check_gradients(ctx.domain_gradients(), ctx.heldout_gradient())
-        if G.shape[0] != w.numel():
-            raise ValueError(f"domain_gradients has {G.shape[0]} rows for {w.numel()} domains")
-        s = G @ g
-        if self.config.sharded_gradients:
-            s = as_f64("scores", ctx.all_reduce_sum(s))
-        for name, v in zip(ctx.domains, s.tolist()):
-            ctx.log(f"domain_weighting/influence/score/{name}", float(v))
+        s = alignment_scores(ctx, w.numel(), sharded=self.config.sharded_gradients, log_key="domain_weighting/influence/score")
         c = self.config
         return to_list(influence_weights(w, s, temperature=c.temperature, mixing=c.mixing, prior=c.prior,
                                          standardize=c.standardize, floor=c.floor))
