@@ -5,7 +5,7 @@ The step (no generation): ``B`` sequences of ``P`` prompt + ``T`` completion tok
 through the trainer's ``_get_per_token_logps_and_entropies(model, ids, mask, T, compute_entropy=True)``, then
 ``posttrain.losses.policy_loss`` on random advantages (old log-probs = detached current ones, token-mean), then
 ``backward()`` into the trainable parameters (decoder + LM head; no optimizer step).  The trainer is
-``class _T(ChunkedLogprobsMixin, PosttrainGRPOTrainer)`` built by TRL's constructor (so TRL's fused head is
+``PosttrainGRPOTrainer`` (which has ``ChunkedLogprobsMixin`` in its bases) built by TRL's constructor (so TRL's fused head is
 installed and PEFT wraps the model as in training); ``ours`` runs the mixin (``chunked_logprobs=True``), ``trl``
 the same trainer with ``chunked_logprobs=False`` (TRL's ``model(..., fused_lm_head=True)``).  Gradient
 checkpointing is on (TRL's default; without it the decoder activations of 4 x 4096 tokens do not fit in 24 GiB).
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -45,27 +44,9 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 # ----------------------------------------------------------------------------------------------- worker side
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_bytes(reset_ok: bool) -> int:
-    if reset_ok:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from _memory import peak_bytes as _peak_bytes  # noqa: E402 - the scripts directory is on sys.path
+from _memory import reset_peak as _reset_peak  # noqa: E402
+from _memory import rss_bytes as _rss_bytes  # noqa: E402
 
 
 def _worker(cfg: dict) -> dict:
@@ -79,11 +60,7 @@ def _worker(cfg: dict) -> dict:
     from posttrain.data import arithmetic_problems
     from posttrain.losses import policy_loss
     from posttrain.models import load_model_and_tokenizer, load_tiny_model
-    from posttrain.trainers import PosttrainGRPOTrainer
-    from posttrain.trainers.forward import ChunkedLogprobsMixin
-
-    class _T(ChunkedLogprobsMixin, PosttrainGRPOTrainer):
-        pass
+    from posttrain.trainers import PosttrainGRPOTrainer as _T  # ChunkedLogprobsMixin is in its bases
 
     model, tok = load_tiny_model() if cfg["model"] == "tiny" else load_model_and_tokenizer(cfg["model"])
     peft_config = None

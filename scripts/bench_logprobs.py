@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,27 +42,9 @@ GiB = 1024 ** 3
 
 
 # ----------------------------------------------------------------------------------------------- worker side
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_bytes(reset_ok: bool) -> int:
-    if reset_ok:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from _memory import peak_bytes as _peak_bytes  # noqa: E402 - the scripts directory is on sys.path
+from _memory import reset_peak as _reset_peak  # noqa: E402
+from _memory import rss_bytes as _rss_bytes  # noqa: E402
 
 
 def _make_step(method: str, weight, frozen: bool):

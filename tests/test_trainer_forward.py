@@ -21,8 +21,8 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 ATOL = RTOL = 1e-5
 
 
-class T(ChunkedLogprobsMixin, PosttrainGRPOTrainer):
-    pass
+T = PosttrainGRPOTrainer  # the chunked path is in its bases
+assert issubclass(T, ChunkedLogprobsMixin)
 
 
 def _length_reward(completions, **kw):  # varies within a group: non-zero advantages
