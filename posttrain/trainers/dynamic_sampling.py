@@ -20,6 +20,7 @@ import torch
 
 from posttrain.errors import UserError
 from posttrain.weighting.dynamic_sampling import informative_groups
+from posttrain.weighting.protocol import mix_rewards
 
 logger = logging.getLogger("posttrain.trainers")
 
@@ -57,10 +58,7 @@ class DynamicSamplingMixin:
     def _metric_values(self, rewards_NK: torch.Tensor) -> torch.Tensor:
         metric = self._dynamic_sampling.get("metric", "reward")
         if metric == "reward":  # the scalar reward with the mix in use at the start of the step (TRL's mix)
-            w = self.reward_weights.to(rewards_NK.device).unsqueeze(0)
-            values = (rewards_NK * w).nansum(dim=1)
-            values[torch.isnan(rewards_NK).all(dim=1)] = torch.nan
-            return values
+            return mix_rewards(rewards_NK, self.reward_weights.tolist())
         return rewards_NK[:, self.reward_func_names.index(metric)]
 
     def _refill_prompts(self, n_prompts: int) -> List[Dict[str, Any]]:

@@ -17,6 +17,7 @@ from accelerate.utils import gather
 
 from posttrain.errors import UserError
 from posttrain.losses.policy import policy_gradient_surrogate
+from posttrain.weighting.protocol import mix_rewards
 
 logger = logging.getLogger("posttrain.trainers")
 
@@ -152,10 +153,7 @@ def greedy_rewards(trainer, rows: Sequence[dict], weights_K: Sequence[float]) ->
     prompts = [r["prompt"] for r in firsts]
     texts, ids = _greedy(trainer, prompts, trainer.max_completion_length)
     columns = {c: [r.get(c) for r in firsts] for c in (firsts[0] if firsts else {}) if c != "prompt"}
-    scores = _score(trainer, prompts, texts, ids, columns).to(torch.float32)
-    w = torch.tensor(list(weights_K), dtype=torch.float32)
-    mixed = (scores * w.unsqueeze(0)).nansum(dim=1)
-    mixed[torch.isnan(scores).all(dim=1)] = torch.nan
+    mixed = mix_rewards(_score(trainer, prompts, texts, ids, columns).to(torch.float32), weights_K)
     trainer._metrics["train"]["remax/greedy_seconds"].append(time.perf_counter() - t0)
     return trainer.accelerator.gather(mixed.to(trainer.accelerator.device))
 

@@ -56,7 +56,7 @@ from posttrain.registry import RegistryError, import_path
 
 __all__ = [
     "KINDS", "HOOKS", "Strategy", "StrategyConfig", "StrategyEnv", "RolloutContext", "StepEndContext",
-    "PairContext", "DomainContext", "StrategyError", "register_strategy", "strategy_class", "registered", "build_strategy",
+    "PairContext", "DomainContext", "mix_rewards", "StrategyError", "register_strategy", "strategy_class", "registered", "build_strategy",
     "build_strategies", "implemented_hooks", "format_validation_error",
 ]
 
@@ -112,6 +112,15 @@ class StrategyEnv:
     @property
     def num_objectives(self) -> int:
         return len(self.reward_names)
+
+
+def mix_rewards(rewards_NK: torch.Tensor, weights_K: Sequence[float]) -> torch.Tensor:
+    """TRL 1.16's ``sum_then_normalize`` mix ``Σ_k w_k r_Nk`` (NaN objectives skipped; float32 weights, as TRL's
+    ``reward_weights``) with NaN where every objective is missing (an unscorable sample)."""
+    w = torch.tensor(list(weights_K), dtype=torch.float32, device=rewards_NK.device)
+    rewards = (rewards_NK * w.unsqueeze(0)).nansum(dim=1)
+    rewards[torch.isnan(rewards_NK).all(dim=1)] = torch.nan
+    return rewards
 
 
 def _missing(name: str) -> Callable[..., Any]:
@@ -191,11 +200,7 @@ class RolloutContext:
     def mix(self, weights_K: Optional[Sequence[float]] = None) -> torch.Tensor:
         """TRL 1.16's ``sum_then_normalize`` mix ``Σ_k w_k r_Nk`` (NaN objectives skipped) with NaN where every
         objective is missing (an unscorable sample); ``weights_K`` defaults to the mix in use."""
-        w = torch.tensor(list(self.weights_K if weights_K is None else weights_K), dtype=torch.float32,
-                         device=self.rewards_NK.device)
-        rewards = (self.rewards_NK * w.unsqueeze(0)).nansum(dim=1)
-        rewards[torch.isnan(self.rewards_NK).all(dim=1)] = torch.nan
-        return rewards
+        return mix_rewards(self.rewards_NK, self.weights_K if weights_K is None else weights_K)
 
     @property
     def local_rows(self) -> slice:
