@@ -180,11 +180,11 @@ def test_strategy_state_round_trip(tmp_path):
     a = _trainer(tmp_path / "a", PosttrainSFTTrainer, sample_strategies=spec)
     a.state.global_step = 7
     _loss_and_grad(a, _batch(a))
-    assert a.sample_strategies[0].num_steps == 7
+    assert a.sample_strategies[0].state_dict() == {"num_steps": 7}
     path = tmp_path / "state.pt"
     torch.save(a.posttrain_state(), path)
     b = _trainer(tmp_path / "b", PosttrainSFTTrainer, sample_strategies=spec)
-    assert b.sample_strategies[0].num_steps == 0
+    assert b.sample_strategies[0].state_dict() == {"num_steps": 0}
     b.load_posttrain_state(torch.load(path, weights_only=True))
     assert b.sample_strategies[0].state_dict() == {"num_steps": 7}
     assert b.posttrain_state()["samples"] == a.posttrain_state()["samples"]
@@ -288,7 +288,8 @@ def test_sft_formats_and_weight_column_checks():
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("weighting.samples=[{name: dra}]", "weighting.samples.0: unknown sample strategy 'dra'; known: loss_reweighting"),
+    ("weighting.samples=[{name: dra}]", "weighting.samples.0.name: unknown sample strategy 'dra'; known: loss_reweighting; or give an import path "
+     "'package.module:Class'"),
     ("weighting.samples=[{name: loss_reweighting, temperature: 0}]",
      "weighting.samples.0: loss_reweighting: temperature: Input should be greater than 0"),
     ("weighting.sequences=[{name: loss_reweighting}]", "weighting.sequences: not used by algorithm 'sft' (SFT takes "

@@ -29,12 +29,14 @@ from typing import Any, Dict, List, Sequence
 import torch
 from trl import SFTTrainer
 
-from posttrain.errors import UserError
+from posttrain.registry import RegistryError
+from posttrain.errors import RunStopped, StrategyFailed, UserError
 from posttrain.losses import weighted_sft_loss
 from posttrain.trainers.checkpointing import CheckpointStateMixin
 from posttrain.trainers.columns import FloatColumnsCollator, KeepColumnsMixin
-from posttrain.trainers.guards import GuardedTrainerMixin
-from posttrain.weighting.protocol import StrategyEnv, StrategyError
+from posttrain.trainers.guards import GuardedTrainerMixin, zero_loss
+from posttrain.weighting.protocol import SampleContext, StrategyEnv, StrategyError, label, required_columns
+from posttrain.weighting.sequences import token_mean_nll
 
 SAMPLE_COLUMNS = ("weight",)
 
@@ -44,10 +46,11 @@ class _SampleWeightedSFT(SFTTrainer):
 
     _weighted: bool = False
     sample_strategies: List[Any] = []
+    _extra_columns: Sequence[str] = SAMPLE_COLUMNS
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
-        columns = {c: inputs.pop(c) for c in SAMPLE_COLUMNS if c in inputs}  # not model inputs
+        columns = {c: inputs.pop(c) for c in self._extra_columns if c in inputs}  # not model inputs
         if not self._weighted:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
@@ -57,7 +60,11 @@ class _SampleWeightedSFT(SFTTrainer):
         if not records:
             raise RuntimeError("expected one fused-LM-head forward of the policy, recorded none")
         log_probs, label_mask = records[0]
-        loss = self._weighted_loss(log_probs, label_mask, columns, num_items_in_batch)
+        try:
+            loss = self._weighted_loss(log_probs, label_mask, columns, num_items_in_batch)
+        except StrategyFailed as exc:  # skip this step, save a checkpoint, stop the run (exit 3)
+            self.guard.request_stop(str(exc))
+            loss = zero_loss(model)
         return (loss, out[1]) if return_outputs else loss
 
     @contextlib.contextmanager
@@ -81,22 +88,42 @@ class _SampleWeightedSFT(SFTTrainer):
 
     def sample_weights(self, log_probs: torch.Tensor, label_mask: torch.Tensor, columns) -> torch.Tensor:
         """``[B]`` detached weights of this process's samples: the ``weight`` column times every sample strategy's
-        weights (training only; mean 1 over the gathered batch)."""
+        ``sample_weights`` (training only; each strategy's weights are over the gathered batch)."""
         n = log_probs.size(0)
         weights = torch.ones(n, dtype=log_probs.dtype, device=log_probs.device)
         if "weight" in columns:
             weights = weights * columns["weight"].to(weights)
         if self.sample_strategies and self.model.training:
-            from posttrain.weighting.sequences import token_mean_nll
-
-            nll = token_mean_nll(log_probs.detach(), label_mask).float()
-            losses = self.accelerator.gather(nll)
-            rank = self.accelerator.process_index
+            ctx = self._sample_context(log_probs, label_mask, columns)
+            rows = ctx.local_rows
             for strategy in self.sample_strategies:
-                strategy.num_steps = int(self.state.global_step)  # burn-in counts completed optimizer steps
-                w = strategy.weighter.weights(losses) * losses.numel()
-                weights = weights * w[rank * n:(rank + 1) * n].to(weights)
+                w = self._call_sample_hook(strategy, ctx)
+                weights = weights * w[rows].to(weights)
         return weights.detach()
+
+    def _sample_context(self, log_probs, label_mask, columns) -> SampleContext:
+        gather = self.accelerator.gather
+        nll = token_mean_nll(log_probs.detach(), label_mask).float()
+        return SampleContext(
+            losses_N=gather(nll), num_tokens_N=gather(label_mask.sum(dim=1)),
+            columns={k: gather(v.float()) for k, v in columns.items()}, step=int(self.state.global_step),
+            mode="train", process_index=self.accelerator.process_index,
+            num_processes=self.accelerator.num_processes,
+            log=lambda key, value: self._metrics["train"][key].append(float(value)))
+
+    def _call_sample_hook(self, strategy, ctx: SampleContext) -> torch.Tensor:
+        try:
+            w = strategy.sample_weights(ctx)
+        except (UserError, RunStopped, StrategyFailed):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a strategy failing is a stop with one line, not a traceback
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StrategyFailed(f"{label(strategy, 'sample')} failed in sample_weights: {type(exc).__name__}: {msg}") from exc
+        w = torch.as_tensor(w)
+        if w.shape != ctx.losses_N.shape or not torch.isfinite(w).all() or (w < 0).any():
+            raise StrategyFailed(f"{label(strategy, 'sample')}: sample_weights must return {ctx.losses_N.numel()} finite, "
+                                 f"non-negative weights, got shape {tuple(w.shape)}")
+        return w.detach()
 
     def _weighted_loss(self, log_probs, label_mask, columns, num_items_in_batch) -> torch.Tensor:
         mode = "train" if self.model.training else "eval"
@@ -122,8 +149,6 @@ class PosttrainSFTTrainer(KeepColumnsMixin, GuardedTrainerMixin, CheckpointState
     strategies; ``max_nonfinite_steps``, ``diagnostics_dir`` (the guard's).
     """
 
-    _extra_columns = SAMPLE_COLUMNS
-
     def __init__(self, *args, sample_strategies: Sequence[Any] = (), max_nonfinite_steps: int = 3,
                  diagnostics_dir=None, **kwargs):
         from posttrain.weighting.samples import build_sample_strategies
@@ -132,12 +157,17 @@ class PosttrainSFTTrainer(KeepColumnsMixin, GuardedTrainerMixin, CheckpointState
         env = StrategyEnv(max_steps=max_steps if max_steps and max_steps > 0 else None)
         try:
             self.sample_strategies = build_sample_strategies(sample_strategies, env)
-        except (StrategyError, TypeError, ValueError) as exc:
+        except (RegistryError, StrategyError, TypeError, ValueError) as exc:
             raise UserError(f"weighting.samples.{exc}") from None
+        needed = required_columns(self.sample_strategies)  # data columns a (user's) strategy reads
+        self._extra_columns = tuple(dict.fromkeys([*SAMPLE_COLUMNS, *(col for col, _ in needed)]))
         super().__init__(*args, **kwargs)
         self._install_guard(max_nonfinite_steps, diagnostics_dir)
-        self.data_collator = FloatColumnsCollator(self.data_collator, SAMPLE_COLUMNS)
+        self.data_collator = FloatColumnsCollator(self.data_collator, self._extra_columns)
         columns = set(getattr(self.train_dataset, "column_names", None) or ())
+        for col, name in needed:
+            if col not in columns:
+                raise UserError(f"weighting.samples: {name} needs a '{col}' column in data.train")
         self._weighted = bool(self.sample_strategies) or "weight" in columns
         if self._weighted:
             self._check_weighting_supported()

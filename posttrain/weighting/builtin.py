@@ -6,5 +6,6 @@ registry lookups, so importing :mod:`posttrain.weighting.protocol` alone stays c
 import importlib
 
 for _module in ("posttrain.weighting.objectives", "posttrain.weighting.sequences", "posttrain.weighting.tokens",
-                "posttrain.weighting.pairs", "posttrain.weighting.advantages", "posttrain.weighting.domains"):
+                "posttrain.weighting.pairs", "posttrain.weighting.advantages", "posttrain.weighting.domains",
+                "posttrain.weighting.samples"):
     importlib.import_module(_module)

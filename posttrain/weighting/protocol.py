@@ -27,6 +27,12 @@ The GRPO step (TRL 1.16 ``GRPOTrainer``) and where each hook runs::
       └─ policy_loss(logps, old_logps, advantages, mask, token_weights=..., extra_token_loss=...)
     optimizer step ─► every strategy's on_step_end(ctx)                 (hypervolume's held-out evaluation)
 
+The SFT step (TRL 1.16 ``SFTTrainer``)::
+
+    samples ─► policy forward ─► per-token log-probs ─► SampleContext (per-sample NLL, all processes)
+      └─ sample.sample_weights(ctx) -> weights_N      multiply each sample's token losses (loss_reweighting);
+                                                      several multiply, with the data's ``weight`` column
+
 Domains (data mixtures, for SFT and GRPO; the sampler draws each batch by ``weights_D``)::
 
     every update_every steps ─► DomainContext ─► domain.domain_weights(ctx) -> weights_D   (the sampling mix)
@@ -56,7 +62,7 @@ from posttrain.registry import RegistryError, import_path
 
 __all__ = [
     "KINDS", "HOOKS", "Strategy", "StrategyConfig", "StrategyEnv", "RolloutContext", "StepEndContext",
-    "PairContext", "DomainContext", "mix_rewards", "StrategyError", "register_strategy", "strategy_class", "registered", "build_strategy",
+    "PairContext", "DomainContext", "SampleContext", "mix_rewards", "StrategyError", "register_strategy", "strategy_class", "registered", "build_strategy",
     "build_strategies", "implemented_hooks", "format_validation_error",
 ]
 
@@ -75,12 +81,13 @@ HOOKS: Dict[str, Tuple[str, ...]] = {
     "token": ("token_advantages", "token_weights", "token_loss"),
     "pair": ("pair_weights", "batch_beta"),
     "domain": ("domain_weights", "domain_loss_weights"),
+    "sample": ("sample_weights",),
 }
 KINDS: Tuple[str, ...] = tuple(HOOKS)
 #: Recipe section of each kind (``weighting.<section>``; the advantage estimator is ``advantage``).
 SECTIONS: Dict[str, str] = {"objective": "weighting.objectives", "sequence": "weighting.sequences",
                             "advantage": "advantage", "token": "weighting.tokens", "pair": "weighting.pairs",
-                            "domain": "weighting.domains"}
+                            "domain": "weighting.domains", "sample": "weighting.samples"}
 
 
 class StrategyError(ValueError):
@@ -279,6 +286,33 @@ class DomainContext:
     log: Callable[[str, float], None] = field(default=lambda key, value: None)
 
 
+@dataclass
+class SampleContext:
+    """What the SFT ``sample_weights`` hook sees for one micro-batch, gathered over all processes (identical on
+    every rank; ``N`` = samples of all processes, this process's rows are :attr:`local_rows`).
+
+    ``losses_N``: each sample's token-mean NLL of its loss tokens under the current policy (detached);
+    ``num_tokens_N``: its loss-token count; ``columns``: gathered per-sample float data columns (``weight``, ...);
+    ``step``: completed optimizer steps; ``mode`` (``train`` / ``eval``: the hook runs in training only);
+    ``process_index`` / ``num_processes``; service ``log(key, value)``.
+    """
+
+    losses_N: torch.Tensor
+    num_tokens_N: Optional[torch.Tensor] = None
+    columns: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    step: int = 0
+    mode: str = "train"
+    process_index: int = 0
+    num_processes: int = 1
+    log: Callable[[str, float], None] = field(default=lambda key, value: None)
+
+    @property
+    def local_rows(self) -> slice:
+        """This process's rows of the ``N`` rows (processes hold equal, contiguous shares)."""
+        n = self.losses_N.size(0) // max(self.num_processes, 1)
+        return slice(self.process_index * n, (self.process_index + 1) * n)
+
+
 # ----------------------------------------------------------------------------------------------------------- strategy
 class Strategy:
     """Base class of every reweighting method. Subclasses set ``kind`` and ``name`` (via :func:`register_strategy`
@@ -344,6 +378,10 @@ class Strategy:
 
     def domain_weights(self, ctx: "DomainContext") -> Sequence[float]:
         """The next sampling distribution over the domains (``D`` values on the simplex)."""
+        raise NotImplementedError
+
+    def sample_weights(self, ctx: "SampleContext") -> torch.Tensor:
+        """``[N]`` detached per-sample weights of the SFT loss (mean 1 keeps the loss scale); they multiply."""
         raise NotImplementedError
 
     def domain_loss_weights(self, ctx: "DomainContext") -> Sequence[float]:
@@ -553,9 +591,17 @@ def strategy_warnings(strategies: Sequence[Strategy]) -> List[str]:
     return out
 
 
-def label(strategy: Any) -> str:
-    """``kind strategy 'name'`` for messages."""
-    return f"{getattr(strategy, 'kind', '') or 'a'} strategy '{getattr(strategy, 'name', '') or type(strategy).__name__}'"
+def label(strategy: Any, kind: str = "") -> str:
+    """``kind strategy 'name'`` for messages (``kind``: the kind to name when the class declares none, e.g. a
+    user's class given by import path)."""
+    return f"{getattr(strategy, 'kind', '') or kind or 'a'} strategy '{getattr(strategy, 'name', '') or type(strategy).__name__}'"
+
+
+def required_columns(strategies: Sequence[Any]) -> List[Tuple[str, str]]:
+    """``[(column, strategy name), ...]``: the per-example data columns the strategies read (their ``columns``
+    class attribute; pair and sample strategies receive them in ``ctx.columns``)."""
+    return [(str(col), getattr(s, "name", "") or type(s).__name__) for s in strategies
+            for col in getattr(s, "columns", ()) or ()]
 
 
 def with_hook(strategies: Sequence[Any], hook: str) -> List[Any]:

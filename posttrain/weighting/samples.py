@@ -1,8 +1,10 @@
-"""Per-sample weights of supervised (SFT) losses: the recipe section ``weighting.samples`` (torch only).
+"""Per-sample weights of supervised (SFT) losses: the ``sample`` strategy kind, recipe section ``weighting.samples``
+(torch only).
 
-The SFT trainer multiplies each sample's token losses by ``w_i`` (mean 1 over the gathered batch); the strategies
-listed here compute ``w_i`` from the samples' own losses. They reuse the sequence strategies' pure math and
-configs, so one method has one implementation whatever the algorithm:
+The SFT trainer builds a :class:`~posttrain.weighting.protocol.SampleContext` per micro-batch (every sample's
+token-mean NLL, gathered over processes) and multiplies each sample's token losses by the product of every sample
+strategy's ``sample_weights(ctx)`` (and the data's ``weight`` column). A user's own strategy is a
+``Strategy`` subclass with the hook ``sample_weights``, named by import path (``name: my_pkg.mod:MyWeights``).
 
 =====================  ==========================================  ==================================================
 name                   paper                                       math
@@ -10,52 +12,73 @@ name                   paper                                       math
 ``loss_reweighting``   Sow et al., ICLR 2025, arXiv 2502.06733     :class:`~posttrain.weighting.sequences.
                                                                    LossSampleWeighter` (burn-in, then
                                                                    :func:`~posttrain.weighting.sequences.
-                                                                   loss_sample_weights`); per-sample loss
+                                                                   loss_sample_weights`) on the per-sample loss
                                                                    :func:`~posttrain.weighting.sequences.
                                                                    token_mean_nll`; arguments
                                                                    :class:`~posttrain.weighting.sequences.
-                                                                   LossReweightingConfig`
+                                                                   LossReweightingConfig` (one implementation
+                                                                   with the GRPO sequence strategy)
 =====================  ==========================================  ==================================================
-
-A built sample strategy is the registered sequence strategy object (its ``config``, ``weighter``, ``num_steps``,
-``state_dict`` / ``load_state_dict`` and ``warnings``); the SFT trainer calls ``weighter.weights(losses)`` on the
-all-gathered per-sample losses, never a GRPO hook.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
 
 from posttrain.weighting import protocol
+from posttrain.weighting.protocol import SampleContext, Strategy, StrategyEnv, register_strategy
+from posttrain.weighting.sequences.loss_reweighting import LossReweighting, LossReweightingConfig, LossSampleWeighter
 
-#: the names ``weighting.samples`` accepts (each maps to the sequence strategy of the same name)
-SAMPLE_STRATEGIES = ("loss_reweighting",)
-
-__all__ = ["SAMPLE_STRATEGIES", "build_sample_strategies", "sample_strategy_warnings"]
+__all__ = ["LossReweightingSamples", "build_sample_strategies", "sample_strategy_warnings"]
 
 
-def build_sample_strategies(specs: Sequence[Any], env: Optional[protocol.StrategyEnv] = None) -> List[Any]:
+@register_strategy("sample", "loss_reweighting")
+class LossReweightingSamples(Strategy):
+    """Sow et al.: up- or down-weight SFT samples by their loss within the batch (arXiv 2502.06733, Sec. 3).
+
+    Hook ``sample_weights(ctx)`` (training only): burn-in counter ``num_steps = ctx.step`` (completed optimizer
+    steps), weights :meth:`~posttrain.weighting.sequences.LossSampleWeighter.weights` of ``ctx.losses_N`` (the
+    gathered token-mean NLLs: the official all-process scope) times ``N`` (mean 1). With one process this is the
+    official repo's loss ``sum_i w_i (n_i / sum n) l_i * B`` under the trainer's token-mean denominator.
+    State: ``{"num_steps": int}``.
+    """
+
+    Config = LossReweightingConfig
+    cite = LossReweighting.cite
+    warnings = classmethod(LossReweighting.warnings.__func__)
+
+    def __init__(self, config: Optional[LossReweightingConfig] = None, env: Optional[StrategyEnv] = None):
+        super().__init__(config, env)
+        c = self.config
+        self.weighter = LossSampleWeighter(strategy=c.strategy, temperature=c.temperature, delta=c.delta,
+                                           burn_in_steps=c.burn_in_steps)
+
+    @torch.no_grad()
+    def sample_weights(self, ctx: SampleContext) -> torch.Tensor:
+        self.weighter.num_steps = int(ctx.step)  # burn-in counts completed optimizer steps
+        losses = ctx.losses_N.float()
+        return self.weighter.weights(losses) * losses.numel()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return self.weighter.state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.weighter.load_state_dict(state)
+
+
+def build_sample_strategies(specs: Sequence[Any], env: Optional[StrategyEnv] = None) -> List[Strategy]:
     """Build ``weighting.samples`` (specs or already built strategies). Errors are one line prefixed with the
     list index (``0: loss_reweighting: temperature: ...``); a name is allowed once."""
-    out: List[Any] = []
-    for i, spec in enumerate(specs):
-        if isinstance(spec, protocol.Strategy):
-            strategy = spec
-        else:
-            try:
-                name, _, _ = protocol.split_spec("sequence", spec)
-                if name not in SAMPLE_STRATEGIES:
-                    raise protocol.StrategyError(f"unknown sample strategy '{name}'; known: "
-                                                 f"{', '.join(SAMPLE_STRATEGIES)}")
-                strategy = protocol.build_strategy("sequence", spec, env)
-            except ValueError as exc:
-                raise type(exc)(f"{i}: {exc}") from None
-        if strategy.name not in SAMPLE_STRATEGIES:
-            raise protocol.StrategyError(f"{i}: '{strategy.name}' is not a sample strategy; known: "
-                                         f"{', '.join(SAMPLE_STRATEGIES)}")
-        if any(s.name == strategy.name for s in out):
-            raise protocol.StrategyError(f"{i}: {strategy.name} is listed twice")
-        out.append(strategy)
-    return out
+    built = [s for s in specs if isinstance(s, Strategy)]
+    for s in built:
+        if s.kind != "sample":
+            raise protocol.StrategyError(f"'{s.name}' is a {s.kind or 'untyped'} strategy, not a sample strategy")
+    if len(built) == len(specs):
+        return list(specs)
+    if built:
+        raise protocol.StrategyError("give weighting.samples as specs or as built strategies, not both")
+    return protocol.build_strategies("sample", specs, env)
 
 
 def sample_strategy_warnings(strategies: Sequence[Any]) -> List[str]:

@@ -23,7 +23,8 @@ from __future__ import annotations
 from typing import Any, List, Optional, Sequence, Tuple
 
 from posttrain.registry import RegistryError
-from posttrain.weighting.protocol import HOOKS, Strategy, StrategyEnv, StrategyError, build_strategy, implemented_hooks
+from posttrain.weighting.protocol import (HOOKS, Strategy, StrategyEnv, StrategyError, build_strategy, implemented_hooks,
+                                          required_columns)
 
 from . import rpo
 from .beta_dpo import BetaDPO, BetaDPOConfig, BetaDPOStrategy
@@ -91,6 +92,3 @@ def split_pair_strategies(strategies: Sequence[Strategy]) -> Tuple[List[Strategy
     return weighters, beta
 
 
-def required_columns(strategies: Sequence[Strategy]) -> List[Tuple[str, str]]:
-    """``[(column, strategy name), ...]``: the data columns the strategies read (their ``columns`` attribute)."""
-    return [(str(col), _label(s)) for s in strategies for col in getattr(s, "columns", ()) or ()]
