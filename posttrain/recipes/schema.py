@@ -201,7 +201,7 @@ class EvalSection(_Strict):
     batch_size: int = Field(32, gt=0, description="Prompts per generate call.")
     success_threshold: float = Field(1.0, description="A sample counts as correct when its score >= this.")
     em_inf: Optional[EmInfSection] = Field(
-        None, description="EM-INF decoding for the evaluation (and `posttrain eval` / `generate` with this recipe): "
+        None, description="EM-INF decoding for the before/after evaluation and `posttrain eval` with this recipe: "
         "entropy-lowering logit adjustment at every step (arXiv 2505.15134); HF generate only. Unset: plain greedy.")
 
 
