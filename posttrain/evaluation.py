@@ -18,8 +18,9 @@ def _prompt_text(prompt, tokenizer) -> str:
 
 @torch.no_grad()
 def generate_greedy(model, tokenizer, prompts: List[Any], *, max_new_tokens: int, batch_size: int,
-                    desc: str = "eval") -> tuple[list[str], list[list[int]]]:
-    """Greedy completions (text without special tokens, and token ids incl. EOS if produced)."""
+                    desc: str = "eval", em_inf: Any = None) -> tuple[list[str], list[list[int]]]:
+    """Greedy completions (text without special tokens, and token ids incl. EOS if produced). ``em_inf`` (a recipe's
+    ``eval.em_inf`` section): EM-INF decoding instead (arXiv 2505.15134; :mod:`posttrain.em_inf`)."""
     was_training = model.training
     model.eval()
     old_side = tokenizer.padding_side
@@ -28,6 +29,11 @@ def generate_greedy(model, tokenizer, prompts: List[Any], *, max_new_tokens: int
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     device = next(model.parameters()).device
+    decode = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if em_inf is not None:
+        from posttrain.em_inf import em_inf_generate_kwargs
+
+        decode = em_inf_generate_kwargs(em_inf)
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
             batch = [_prompt_text(p, tokenizer) for p in prompts[start:start + batch_size]]
@@ -35,8 +41,8 @@ def generate_greedy(model, tokenizer, prompts: List[Any], *, max_new_tokens: int
             # synced_gpus=False: evaluation is one process on a full model (in a ZeRO-3 run the caller gathers the
             # parameters, posttrain.distributed.full_policy); transformers would otherwise sync every decoding
             # step with the other ranks, which are not generating, and hang.
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                 eos_token_id=eos, temperature=None, top_p=None, top_k=None, synced_gpus=False)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
+                                 synced_gpus=False, **decode)
             for row in out[:, enc["input_ids"].shape[1]:].tolist():
                 if eos in row:  # keep EOS (rewards may check termination), drop padding after it
                     row = row[: row.index(eos) + 1]
@@ -66,8 +72,9 @@ def score_replies(scorer: Callable, dataset, texts: List[str], ids: List[List[in
 
 
 def evaluate(model, tokenizer, dataset, scorer: Callable, *, max_new_tokens: int, batch_size: int,
-             success_threshold: float = 1.0, desc: str = "eval", n_examples: int = 5) -> Dict[str, Any]:
-    """Score greedy completions of ``dataset['prompt']`` with ``scorer`` (a TRL-style reward function).
+             success_threshold: float = 1.0, desc: str = "eval", n_examples: int = 5, em_inf: Any = None) -> Dict[str, Any]:
+    """Score greedy completions of ``dataset['prompt']`` with ``scorer`` (a TRL-style reward function); with
+    ``em_inf`` (``eval.em_inf``) the completions are decoded with EM-INF instead (``decoding: em_inf`` in the result).
 
     Returns ``accuracy`` (fraction with score >= threshold), ``mean_score``, ``n``, ``truncated_fraction``
     (no EOS within ``max_new_tokens``), ``seconds`` and a few examples.
@@ -75,7 +82,7 @@ def evaluate(model, tokenizer, dataset, scorer: Callable, *, max_new_tokens: int
     t0 = time.time()
     prompts = list(dataset["prompt"])
     texts, ids = generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size, desc=desc)
+                                 batch_size=batch_size, desc=desc, em_inf=em_inf)
     scores = score_replies(scorer, dataset, texts, ids)
     valid = [s for s in scores if math.isfinite(s)]
     eos = tokenizer.eos_token_id
@@ -87,6 +94,7 @@ def evaluate(model, tokenizer, dataset, scorer: Callable, *, max_new_tokens: int
         "n_scored": len(valid),
         "truncated_fraction": sum(1 for r in ids if eos not in r) / n if n else 0.0,
         "seconds": round(time.time() - t0, 2),
+        "decoding": "greedy" if em_inf is None else f"em_inf ({em_inf.mode}, temperature {em_inf.temperature})",
         # per held-out item, in dataset order (paired comparisons bootstrap over items: posttrain compare)
         "item_scores": [s if math.isfinite(s) else None for s in scores],
         "examples": [

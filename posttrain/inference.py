@@ -280,7 +280,7 @@ def run_eval(target: Target, *, data: Optional[str] = None, n: Optional[int] = N
         prompt_ds = _limit(prompt_ds, n)
         ev = evaluate(model, tok, prompt_ds, scorer, max_new_tokens=max_new_tokens or recipe.eval.max_new_tokens,
                       batch_size=bs, success_threshold=recipe.eval.success_threshold, desc="eval",
-                      n_examples=n_examples)
+                      n_examples=n_examples, em_inf=recipe.eval.em_inf)
         result["prompts"] = dict(source=source, reward=scorer_name, **ev)
 
     if want_pairs:
@@ -313,7 +313,7 @@ def format_eval(res: Dict[str, Any]) -> str:
     lines = [f"model   {res['model']}", f"recipe  {res['recipe']}"]
     if "prompts" in res:
         p = res["prompts"]
-        lines += ["", f"held-out prompts ({p['source']}, greedy, scored by {p['reward']})",
+        lines += ["", f"held-out prompts ({p['source']}, {p.get('decoding', 'greedy')}, scored by {p['reward']})",
                   f"  n {p['n']}   accuracy {f(p['accuracy'])}   mean score {f(p['mean_score'])}   "
                   f"truncated {f(p['truncated_fraction'])}   {p['seconds']:.1f} s"]
         for ex in p["examples"]:

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
     ("tiny_grpo_remax", "remax/greedy_seconds"),
     ("tiny_grpo_reinforce_pp", "reward"),
     ("tiny_grpo_dynamic_sampling", "dynamic_sampling/kept_fraction"),
+    ("tiny_grpo_em_rl", "em_rl/policy_stats_seconds"),
+    ("tiny_em_ft", "entropy"),
 ])
 def test_tiny_rl_core_recipe_runs(tmp_path, recipe, key):
     out = tmp_path / "run"

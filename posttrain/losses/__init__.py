@@ -19,11 +19,15 @@ Each function stands alone so users can drop it into their own training loop::
   (docs/advantages.md).
 * :func:`selective_logprobs_and_entropy` — per-token log-probs and entropies from hidden states + LM head (or
   logits), chunked in forward *and* backward so the [B, T, V] fp32 logits never exist.
+* :func:`entropy_loss`, :func:`neg_entropy_reward`, :func:`em_inf_adjust_logits`,
+  :func:`adaptive_temperature_logits` — entropy minimisation EM-FT / EM-RL / EM-INF (arXiv 2505.15134).
 
 See docs/losses.md.
 """
 from .advantages import (ADVANTAGE_ESTIMATORS, grpo_advantages, group_advantages, kl_penalized_rewards,
                          reinforce_pp_advantages, reinforce_pp_baseline_advantages, remax_advantages, rloo_advantages)
+from .entropy import (adaptive_temperature_logits, em_inf_adjust_logits, entropy_loss, neg_entropy_reward,
+                      token_mean_entropy)
 from .kl import KL_ESTIMATORS, kl_divergence
 from .sft import weighted_sft_loss
 from .logprobs import selective_logprobs_and_entropy
@@ -52,6 +56,11 @@ __all__ = [
     "SURROGATES",
     "TRL_LOSS_TYPES",
     "AdaptiveEntropyCoef",
+    "adaptive_temperature_logits",
+    "em_inf_adjust_logits",
+    "entropy_loss",
+    "neg_entropy_reward",
+    "token_mean_entropy",
     "dpo_loss",
     "entropy_bonus",
     "grpo_advantages",

@@ -308,7 +308,7 @@ def _train(pipeline: Pipeline, recipe, out: Path, checked, *, recipe_path, overr
                      eval_ds=checked.eval_ds, summary=summary)
     pipeline.setup(ctx)
     args = pipeline.trl_args(ctx)
-    ev_kw = dict(max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
+    ev_kw = dict(max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size, em_inf=recipe.eval.em_inf,
                  success_threshold=recipe.eval.success_threshold)
     if ctx.scorer is not None and is_main():
         summary["eval"]["before"] = evaluate(ctx.model, ctx.tokenizer, ctx.eval_ds, ctx.scorer, desc="eval before",

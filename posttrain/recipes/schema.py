@@ -153,12 +153,56 @@ class DistributedSection(_Strict):
     config: Optional[str] = Field(None, description="Path of a DeepSpeed JSON config (overrides zero_stage).")
 
 
+_EM = "EM-INF, Agarwal et al. arXiv 2505.15134"
+
+
+class EmInfSection(_Strict):
+    """EM-INF (arXiv 2505.15134): inference-time logit adjustment that lowers the entropy at every decoding step."""
+
+    mode: Literal["logits", "adaptive_temperature"] = Field(
+        "logits", description=f"{_EM}: 'logits' optimises each step's logits (official code "
+        "eval/utils/em_inf_utils.py::ent_sample); 'adaptive_temperature' scales them by a temperature found by "
+        "bisection (the paper's Algorithm 1, AdaptiveTemperatureProcessor).")
+    learning_rate: float = Field(0.1, gt=0, le=10, allow_inf_nan=False,
+                                 description=f"{_EM}, mode logits: Adam learning rate on the logits (ent_sample: 0.1).")
+    n_grad_steps: int = Field(3, ge=1, le=100, description=f"{_EM}, mode logits: Adam steps per token (the "
+                              "official math script em_inf_eval.sh: 3; ent_sample's fallback: 5).")
+    kl_weight: float = Field(0.05, ge=0, allow_inf_nan=False, description=f"{_EM}, mode logits: weight of "
+                             "KL(p0 || p) to the unadjusted distribution (em_inf_eval.sh: 0.05; fallback 0.001).")
+    threshold: float = Field(0.3, ge=0, allow_inf_nan=False, description=f"{_EM}: mode logits: stop when the "
+                             "batch-summed entropy is below it (em_inf_eval.sh: 0.3); mode adaptive_temperature: "
+                             "no scaling when the entropy is at most it (the script's delta: 1e-5; set it so).")
+    parity: Literal["batch", "row"] = Field(
+        "batch", description=f"{_EM}, mode logits: 'batch' sums the entropy over the batch as the official code "
+        "(results depend on the batch composition); 'row' optimises each sequence alone [our option].")
+    target_ratio: float = Field(0.85, gt=0, le=1, description=f"{_EM}, mode adaptive_temperature: target entropy "
+                                "= max(threshold, target_ratio * H0) (script default 0.85).")
+    tau_min: float = Field(0.01, gt=0, description=f"{_EM}, mode adaptive_temperature: lower end of the "
+                           "temperature bisection (script: 0.01).")
+    tau_max: float = Field(1.0, gt=0, description=f"{_EM}, mode adaptive_temperature: upper end (script: 1).")
+    max_iter: int = Field(100, ge=1, le=1000, description=f"{_EM}, mode adaptive_temperature: bisection "
+                          "iterations (script: 100).")
+    tol: float = Field(0.1, gt=0, description=f"{_EM}, mode adaptive_temperature: entropy tolerance (script: 0.1).")
+    temperature: float = Field(
+        0.1, ge=0, le=10, description=f"{_EM}: sampling temperature applied after the adjustment (the official "
+        "scripts: 0.1). 0 = greedy (argmax of the adjusted logits; entropy descent rarely changes the argmax).")
+
+    @model_validator(mode="after")
+    def _taus(self):
+        if self.tau_min >= self.tau_max:
+            raise ValueError(f"tau_min ({self.tau_min}) must be below tau_max ({self.tau_max})")
+        return self
+
+
 class EvalSection(_Strict):
     enabled: bool = Field(True, description="Evaluate greedily before and after training when data.eval is set.")
     reward: Optional[RewardSpec] = Field(None, description="Scoring reward; default: the first entry of `rewards`.")
     max_new_tokens: int = Field(16, gt=0, description="Greedy generation length for evaluation.")
     batch_size: int = Field(32, gt=0, description="Prompts per generate call.")
     success_threshold: float = Field(1.0, description="A sample counts as correct when its score >= this.")
+    em_inf: Optional[EmInfSection] = Field(
+        None, description="EM-INF decoding for the before/after evaluation and `posttrain eval` with this recipe: "
+        "entropy-lowering logit adjustment at every step (arXiv 2505.15134); HF generate only. Unset: plain greedy.")
 
 
 class ReliabilitySection(_Strict):

@@ -81,6 +81,8 @@ class PosttrainGRPOTrainer(ChunkedLogprobsMixin, DynamicSamplingMixin, TokenLoss
         from posttrain.distributed import is_zero3
 
         self._zero3 = is_zero3(self)
+        self._policy_stat_rewards = services.needs_policy_stats(self.reward_funcs)
+        self._rollout_prompt_ids = None
 
     # ------------------------------------------------------------------ set-up
     def _env(self) -> StrategyEnv:
@@ -146,9 +148,18 @@ class PosttrainGRPOTrainer(ChunkedLogprobsMixin, DynamicSamplingMixin, TokenLoss
         return prompt_ids, None, {}
 
     # ------------------------------------------------------------------ rollout side
+    def _generate(self, prompts):
+        out = super()._generate(prompts)
+        self._rollout_prompt_ids = out[0]  # the prompts' token ids, for rewards that read the policy (EM-RL)
+        return out
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         """TRL's rewards with failed samples as NaN rows (:class:`RewardFailureMixin`), then the objective
-        strategies' mix for TRL to form (training only; with dynamic sampling, once the batch is assembled)."""
+        strategies' mix for TRL to form (training only; with dynamic sampling, once the batch is assembled).
+        Rewards that declare ``needs_policy_stats`` (EM-RL's ``neg_entropy``) get the rollout policy's per-token
+        ``policy_logps`` / ``policy_entropies`` (:func:`~posttrain.trainers.grpo_services.with_policy_stats`)."""
+        if self._policy_stat_rewards:
+            inputs = services.with_policy_stats(self, inputs, self._rollout_prompt_ids, completion_ids_list)
         rewards_NK = self._mark_failed_rewards(super()._calculate_rewards(inputs, prompts, completions,
                                                                           completion_ids_list), len(prompts))
         self._local_texts = [completion_text(c) for c in completions]

@@ -212,3 +212,40 @@ def no_grad_entropies(trainer, batch) -> torch.Tensor:
 def global_mean(trainer, x: torch.Tensor, mask: torch.Tensor) -> float:
     totals = trainer.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
     return float(totals[0] / totals[1].clamp(min=1.0))
+
+
+# ------------------------------------------------------------------------------------ rewards that read the policy
+def needs_policy_stats(reward_funcs) -> bool:
+    """Some reward function declares ``needs_policy_stats`` (EM-RL's ``neg_entropy``)."""
+    return any(getattr(fn, "needs_policy_stats", False) for fn in reward_funcs)
+
+
+@torch.no_grad()
+def with_policy_stats(trainer, inputs: Sequence[dict], prompt_ids: Sequence[Sequence[int]],
+                      completion_ids: Sequence[Sequence[int]]) -> List[dict]:
+    """Copies of the rollout ``inputs`` with ``policy_logps`` / ``policy_entropies``: per completion, the per-token
+    log-probs and entropies (1-D CPU tensors, one value per completion token) under the rollout policy at the
+    sampling temperature, from one no-grad chunked forward (``_get_per_token_logps_and_entropies``). TRL 1.16 passes
+    every input column to the reward functions, so these reach them as keyword arguments. (TRL computes old
+    log-probs before the rewards only when rollout and update are misaligned, as a local of
+    ``_generate_and_score_completions``, and never old entropies: this forward is needed either way.)"""
+    from trl.trainer.utils import pad
+
+    device = trainer.accelerator.device
+    pad_id = trainer.processing_class.pad_token_id if hasattr(trainer.processing_class, "pad_token_id") else 0
+    p = pad([torch.tensor(list(x)) for x in prompt_ids], padding_value=pad_id or 0, padding_side="left").to(device)
+    pm = pad([torch.ones(len(x), dtype=torch.long) for x in prompt_ids], padding_value=0,
+             padding_side="left").to(device)
+    c = pad([torch.tensor(list(x)) for x in completion_ids], padding_value=pad_id or 0,
+            padding_side="right").to(device)
+    cm = pad([torch.ones(len(x), dtype=torch.long) for x in completion_ids], padding_value=0,
+             padding_side="right").to(device)
+    t0 = time.perf_counter()
+    logps, ents, _ = trainer._get_per_token_logps_and_entropies(
+        trainer.model, torch.cat([p, c], dim=1), torch.cat([pm, cm], dim=1), c.size(1), compute_entropy=True,
+        batch_size=trainer.args.per_device_train_batch_size)
+    mode = "train" if trainer.model.training else "eval"
+    trainer._metrics[mode]["em_rl/policy_stats_seconds"].append(time.perf_counter() - t0)
+    lengths = [len(x) for x in completion_ids]
+    return [dict(x, policy_logps=logps[i, :n].cpu(), policy_entropies=ents[i, :n].cpu())
+            for i, (x, n) in enumerate(zip(inputs, lengths))]

@@ -34,6 +34,8 @@ class TokenLossMixin:
         self._token_kinds = {k for s in self._token_strategies for k in token_kinds(s)}
         # a strategy that shapes advantages or adds a loss term can give a gradient where every advantage is 0
         self._token_shapes_loss = bool(self._token_kinds - {"weight"})
+        if "entropies_grad" in self._token_needs and getattr(self, "chunked_entropy_grad", None) is None:
+            self.chunked_entropy_grad = True  # EM-FT differentiates through the entropies
         self._scope = weighting.scope if weighting is not None else "micro"
         self._normalize = weighting.normalize if weighting is not None else "count"
 
@@ -97,7 +99,8 @@ class TokenLossMixin:
             advantages=inputs["advantages"], mask=mask, logps=logps, old_logps=old_logps, entropies=entropies,
             old_entropies=inputs.get("old_entropies", entropies), group_size=self.num_generations,
             clip_low=self.epsilon_low, clip_high=self.epsilon_high, temperature=self.temperature,
-            generator=self._token_generator)
+            generator=self._token_generator,
+            entropies_grad=entropies_grad if "entropies_grad" in self._token_needs else None)
         if "full_logprobs" in self._token_needs:
             hidden, head = services.last_hidden_and_head(self, model, input_ids, attention_mask, logits_to_keep)
             batch = batch.replace(hidden=hidden, lm_head_weight=head)

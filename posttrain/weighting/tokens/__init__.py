@@ -13,6 +13,8 @@ One method, one file: each holds the pure functions, the pydantic Config and the
   ``tw_grpo.py``.
 - :func:`entropy_advantage` — Cheng et al., arXiv 2506.14758 Eq. 5-6 (shaped advantages, not weights);
   ``entropy_advantage.py``.
+- :func:`em_ft_token_loss` — EM-FT, arXiv 2505.15134 (a loss term with gradient through the entropies, advantages
+  set to 0); ``em_ft.py``.
 - :func:`token_weight_stats` — logging diagnostics.
 
 Composition from a recipe: :data:`TOKEN_STRATEGIES`, :class:`TokenBatch`, :func:`compose_token_weights`,
@@ -31,6 +33,7 @@ from .compose import (
     required_inputs,
 )
 from .cov import ClipCov, ClipCovConfig, KlCov, KlCovConfig, clip_cov_mask, kl_cov_loss, kl_cov_mask, kl_cov_penalty
+from .em_ft import EmFt, EmFtConfig, em_ft_token_loss
 from .entropy_advantage import EntropyAdvantage, EntropyAdvantageConfig, entropy_advantage
 from .high_entropy import HighEntropy, HighEntropyConfig, high_entropy_mask, high_entropy_threshold
 from .registry import (
@@ -59,4 +62,5 @@ __all__ = [
     "build_token_strategies", "dry_run_token_strategies", "token_kinds", "FunctionTokenStrategy",
     "TokenStrategyConfig", "Steer", "SteerConfig", "HighEntropy", "HighEntropyConfig", "ClipCov", "ClipCovConfig",
     "KlCov", "KlCovConfig", "TwGrpo", "TwGrpoConfig", "EntropyAdvantage", "EntropyAdvantageConfig",
+    "EmFt", "EmFtConfig", "em_ft_token_loss",
 ]

@@ -216,6 +216,7 @@ def dry_run_token_strategies(strategies: Optional[Iterable[Any]]) -> None:
     full = torch.log_softmax(torch.randn(b, t, v, generator=g), dim=-1)
     batch = TokenBatch(advantages=torch.randn(b, generator=g), mask=torch.ones(b, t), logps=logps,
                        old_logps=logps, entropies=torch.rand(b, t, generator=g),
-                       old_entropies=torch.rand(b, t, generator=g), group_size=2, full_logprobs_fn=lambda: full,
+                       old_entropies=torch.rand(b, t, generator=g), entropies_grad=torch.rand(b, t, generator=g),
+                       group_size=2, full_logprobs_fn=lambda: full,
                        clip_low=0.2, clip_high=0.2, generator=g)
     apply_token_strategies(list(strategies or []), batch)

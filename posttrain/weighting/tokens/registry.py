@@ -58,7 +58,8 @@ from ..protocol import (
 
 #: Optional inputs a strategy may declare in ``needs`` ("full_logprobs" = ``full_logprobs_fn`` or ``hidden`` +
 #: ``lm_head_weight``). ``advantages`` and ``mask`` are always present.
-INPUTS = frozenset({"logps", "old_logps", "entropies", "old_entropies", "group_size", "full_logprobs"})
+INPUTS = frozenset({"logps", "old_logps", "entropies", "old_entropies", "group_size", "full_logprobs",
+                    "entropies_grad"})
 #: Token kinds (names used in diagnostics and docs) and the protocol hook of each.
 KINDS = ("weight", "loss_term", "advantage")
 HOOK_OF_KIND: Dict[str, str] = {"weight": "token_weights", "loss_term": "token_loss", "advantage": "token_advantages"}
@@ -75,7 +76,8 @@ class TokenBatch:
     the sampled tokens (may carry grad; weights only read values, ``kl_cov`` differentiates through them);
     ``old_logps`` pi_old log-probs (with a single update per rollout, pi_old = pi_theta: pass
     ``logps.detach()``); ``entropies`` current-policy entropies (detached); ``old_entropies`` pi_old entropies
-    (STEER; equal to ``entropies`` when pi_old = pi_theta); ``group_size`` G with contiguous groups
+    (STEER; equal to ``entropies`` when pi_old = pi_theta); ``entropies_grad`` the current-policy entropies *with*
+    their gradient (EM-FT differentiates through them; given only to strategies that need it); ``group_size`` G with contiguous groups
     (TW-GRPO); ``full_logprobs_fn`` a zero-argument callable returning [B, T, V] log-softmax, or ``hidden``
     [B, T, H] + ``lm_head_weight`` [V, H] (+ ``temperature``) for the chunked TW-GRPO path (preferred when both
     are given); ``clip_low`` / ``clip_high`` the policy loss's clip range (Clip-Cov uses it unless its spec sets
@@ -88,6 +90,7 @@ class TokenBatch:
     old_logps: Optional[torch.Tensor] = None
     entropies: Optional[torch.Tensor] = None
     old_entropies: Optional[torch.Tensor] = None
+    entropies_grad: Optional[torch.Tensor] = None
     group_size: Optional[int] = None
     full_logprobs_fn: Optional[Callable[[], torch.Tensor]] = None
     hidden: Optional[torch.Tensor] = None
