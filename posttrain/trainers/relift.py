@@ -34,6 +34,7 @@ from typing import Any, Dict, List
 
 import torch
 from accelerate.utils import gather_object
+from pydantic import ValidationError
 from transformers import TrainerCallback
 
 from posttrain.data.common import DataError, demonstration_column, demonstration_text
@@ -65,8 +66,11 @@ class ReliftMixin:
 
         try:
             cfg = config if isinstance(config, ReliftSection) else ReliftSection.model_validate(dict(config))
-        except ValueError as exc:
-            raise UserError(f"relift: {str(exc).splitlines()[0]}") from None
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise UserError(f"relift{'.' + where if where else ''}: {err['msg'].removeprefix('Value error, ')}") \
+                from None
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise UserError("relift: not available with DeepSpeed or FSDP (its separate SFT optimiser would step "
                             "parameters they partition and own); use DDP")
