@@ -85,7 +85,8 @@ def render() -> str:
         (schema.RewardSpec, "rewards[]"), (schema.WeightingSection, "weighting"),
         (schema.RewardModelSection, "reward_model"),
         (schema.RolloutSection, "rollout"),
-        (schema.DynamicSamplingSection, "rollout.dynamic_sampling"), (schema.DistributedSection, "distributed"),
+        (schema.DynamicSamplingSection, "rollout.dynamic_sampling"), (schema.ReliftSection, "relift"),
+        (schema.DistributedSection, "distributed"),
         (schema.EvalSection, "eval"), (schema.OutputSection, "output"),
     ]
     for model, title in sections:

@@ -60,7 +60,8 @@ def test_arithmetic_determinism_and_answers():
         ds = arithmetic_problems(40, op=op, level="hard", seed=0)
         assert all(ans == str(f(x, y)) for x, y, ans in zip(ds["a"], ds["b"], ds["answer"]))
         assert all(10 <= x <= 50 and 10 <= y <= 50 for x, y in zip(ds["a"], ds["b"]))
-    assert a.column_names == ["prompt", "answer", "a", "b"]
+    assert a.column_names == ["prompt", "answer", "a", "b", "solution"]  # solution last: earlier columns unchanged
+    assert a["solution"] == a["answer"]
 
 
 def test_arithmetic_unique_heldout_and_repeats():

@@ -224,7 +224,7 @@ def test_arithmetic_sft_builder():
     from posttrain.data import DATASETS, DataError
 
     ds = DATASETS.get("arithmetic_sft")(n=6, low=1, high=9, split="heldout", seed=1)
-    assert set(ds.column_names) == {"prompt", "completion", "answer", "a", "b"}
+    assert set(ds.column_names) == {"prompt", "completion", "answer", "a", "b", "solution"}
     for row in ds:
         assert row["prompt"].endswith(f"A: {row['a']} + {row['b']} = ")  # the pre-fill ends the prompt
         assert row["completion"] == row["answer"] == str(row["a"] + row["b"])  # no EOS: TRL appends it

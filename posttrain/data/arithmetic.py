@@ -79,7 +79,8 @@ def arithmetic_problems(
     tokenizer: Any = None,
 ):
     """``n`` problems "What is a+b?" as a ``datasets.Dataset`` with columns ``prompt``, ``answer`` (str of the
-    exact integer result), ``a``, ``b`` (ints).
+    exact integer result), ``a``, ``b`` (ints) and ``solution`` (the demonstration: the answer text that follows the
+    pre-fill, e.g. for ReLIFT's fine-tuning steps; equal to ``answer`` here).
 
     Range: ``level`` (``easy`` 1..9, ``medium`` 1..20, ``hard`` 10..50) or ``low``/``high`` (inclusive; default
     1..20). ``op``: ``+``, ``-`` or ``*``.
@@ -151,13 +152,15 @@ def arithmetic_problems(
 
     from datasets import Dataset
 
-    return Dataset.from_dict({"prompt": prompts, "answer": answers, "a": As, "b": Bs})
+    # ``solution``: the demonstration a fine-tuning step learns (ReLIFT's reference-solution column): the text the
+    # strict math reward accepts after the pre-fill. Added last, so the other columns and the sampling are unchanged.
+    return Dataset.from_dict({"prompt": prompts, "answer": answers, "a": As, "b": Bs, "solution": list(answers)})
 
 
 def arithmetic_sft(n: int | None = None, *, format: str = "plain", **kwargs: Any):
     """SFT demonstrations for the arithmetic problems: :func:`arithmetic_problems` (same arguments, same seeded
     disjoint splits) with a ``completion`` column holding the exact answer, so the columns are ``prompt``,
-    ``completion``, ``answer``, ``a``, ``b`` -- TRL 1.16's prompt-completion format (the loss covers the completion
+    ``completion``, ``answer``, ``a``, ``b``, ``solution`` -- TRL 1.16's prompt-completion format (the loss covers the completion
     tokens only, ``completion_only_loss``).
 
     The prompt ends with the pre-fill (``"... A: 3 + 4 = "``, or the chat template continued after

@@ -135,3 +135,29 @@ def resolve_tokenizer(tokenizer: Any):
     from posttrain.models import load_tokenizer  # lazy: data must not import transformers unless asked
 
     return load_tokenizer(tokenizer)
+
+
+#: Columns holding a reference solution, in the order they are looked for (ReLIFT's demonstrations).
+DEMONSTRATION_COLUMNS = ("solution", "answer")
+
+
+def demonstration_column(columns, configured: str | None = None) -> str:
+    """The column of a prompt dataset holding each row's demonstration: ``configured`` if given (it must exist),
+    else the first of :data:`DEMONSTRATION_COLUMNS` present. :class:`DataError` (one line) when there is none."""
+    cols = list(columns or ())
+    if configured is not None:
+        if configured not in cols:
+            raise DataError(f"the dataset has no column '{configured}' (columns: {', '.join(cols) or 'none'})")
+        return configured
+    for name in DEMONSTRATION_COLUMNS:
+        if name in cols:
+            return name
+    raise DataError(f"the dataset has neither a 'solution' nor an 'answer' column to take demonstrations from "
+                    f"(columns: {', '.join(cols) or 'none'}); name one")
+
+
+def demonstration_text(value: Any, column: str, row: int) -> str:
+    """A row's demonstration as text (numbers become their string); :class:`DataError` when missing or empty."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
+        raise DataError(f"column '{column}' has no demonstration in row {row} (got {value!r})")
+    return str(value)

@@ -11,7 +11,8 @@ Each function stands alone so users can drop it into their own training loop::
 * :func:`vllm_importance_sampling_ratio`, :func:`off_policy_sequence_mask`, :func:`vespo_gamma_weights`,
   :func:`entropy_bonus`, :class:`AdaptiveEntropyCoef` — the pieces, as TRL 1.16 computes them.
 * :func:`kl_divergence` — per-token KL estimators k1 / k2 / k3.
-* :func:`weighted_sft_loss` — TRL 1.16's SFT loss (``nll`` / ``dft``) with per-sample weights.
+* :func:`weighted_sft_loss` — TRL 1.16's SFT loss (``nll`` / ``dft``) with per-sample weights;
+  :func:`relift_sft_loss` — ReLIFT's token-mean NLL minus an entropy bonus.
 * :func:`dpo_loss` / :func:`rpo_nll_term` — DPO (sigmoid, cDPO), IPO, hinge (SLiC), robust DPO; RPO's NLL term.
 * :func:`grpo_advantages` (alias :func:`group_advantages`, TRL 1.16's ``sum_then_normalize``),
   :func:`rloo_advantages`, :func:`remax_advantages`, :func:`reinforce_pp_advantages`,
@@ -29,7 +30,7 @@ from .advantages import (ADVANTAGE_ESTIMATORS, grpo_advantages, group_advantages
 from .entropy import (adaptive_temperature_logits, em_inf_adjust_logits, entropy_loss, neg_entropy_reward,
                       token_mean_entropy)
 from .kl import KL_ESTIMATORS, kl_divergence
-from .sft import weighted_sft_loss
+from .sft import relift_sft_loss, weighted_sft_loss
 from .logprobs import selective_logprobs_and_entropy
 from .policy import (
     AGGREGATIONS,
@@ -73,6 +74,7 @@ __all__ = [
     "reinforce_pp_baseline_advantages",
     "remax_advantages",
     "rloo_advantages",
+    "relift_sft_loss",
     "rpo_nll_term",
     "selective_logprobs_and_entropy",
     "trl_scaled_loss",

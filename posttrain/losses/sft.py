@@ -18,8 +18,9 @@ from typing import Optional
 import torch
 
 from posttrain.checks import check_choice, check_finite
+from posttrain.losses.policy import entropy_bonus
 
-__all__ = ["SFT_LOSS_TYPES", "weighted_sft_loss"]
+__all__ = ["SFT_LOSS_TYPES", "relift_sft_loss", "weighted_sft_loss"]
 
 SFT_LOSS_TYPES = ("nll", "dft")
 
@@ -45,3 +46,21 @@ def weighted_sft_loss(token_logps: torch.Tensor, mask: torch.Tensor, weights: Op
         per_token = per_token * weights.detach().to(per_token.dtype).unsqueeze(1)
     denom = valid.sum() if num_tokens is None else torch.as_tensor(num_tokens, device=per_token.device)
     return per_token.sum() / denom.clamp(min=1)
+
+
+def relift_sft_loss(token_logps: torch.Tensor, entropies: torch.Tensor, mask: torch.Tensor, *,
+                    entropy_coef: float = 0.001) -> torch.Tensor:
+    """ReLIFT's SFT loss on demonstration tokens (Ma et al., arXiv 2506.07527; official code
+    ``relift/verl/verl/relift/core_algos.py::compute_sft_loss`` and ``actor.py::sft_update_policy``)::
+
+        loss = masked_mean(-log p, mask) - entropy_coef * masked_mean(H, mask)
+
+    the token-mean NLL of the micro-batch (:func:`weighted_sft_loss` with unit weights) plus the entropy bonus
+    (:func:`~posttrain.losses.policy.entropy_bonus`, same masked mean); official ``sft.entropy_coeff`` 0.001.
+    ``[B, T]`` inputs; a mask with no token gives 0 (plus nothing), never NaN."""
+    if entropies.shape != mask.shape:
+        raise ValueError(f"shape mismatch: entropies={tuple(entropies.shape)}, mask={tuple(mask.shape)}")
+    loss = weighted_sft_loss(token_logps, mask)
+    if entropy_coef:
+        loss = loss + entropy_bonus(entropies, mask, float(entropy_coef))
+    return loss

@@ -10,7 +10,7 @@ previous run or leaves a stub behind.  The recipe loader has already checked eve
   must be a ``datasets.Dataset`` with rows and the columns the algorithm reads (``prompt``; DPO pairs
   ``prompt`` / ``chosen`` / ``rejected``; SFT one of TRL's formats ``prompt`` + ``completion`` / ``messages`` /
   ``text``, and a ``weight`` column of finite numbers >= 0 if there is one; the score columns of
-  ``reward_model.source: columns``);
+  ``reward_model.source: columns``; ReLIFT's demonstration column, every row non-empty);
 * model: ``model.name`` must name a shipped model, an existing model directory, or a hub id that is in the local
   Hugging Face cache or whose hub answers (a path that does not exist fails at once instead of after ~50 s of hub
   retries);
@@ -117,6 +117,19 @@ def check_sft_data(ds, where: str, text_field: str = "text") -> None:
         cols = ", ".join(ds.column_names or ()) or "none"
         raise UserError(f"{where}: SFT needs columns prompt and completion, or messages, or {text_field} (TRL's "
                         f"formats); the dataset has {cols} (e.g. use data.train.name=arithmetic_sft)")
+
+
+def check_demonstrations(ds, configured) -> None:
+    """ReLIFT's demonstrations: the column (``relift.demonstration_column``, default ``solution`` / ``answer``) exists
+    and no row's demonstration is missing or empty."""
+    from posttrain.data.common import DataError, demonstration_column, demonstration_text
+
+    try:
+        column = demonstration_column(ds.column_names, configured)
+        for i, value in enumerate(ds[column]):
+            demonstration_text(value, column, i)
+    except DataError as exc:
+        raise UserError(f"relift.demonstration_column: data.train: {exc}") from None
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -227,6 +240,8 @@ def check_run(recipe, *, out: Optional[Path] = None, standalone: bool = False) -
             check_weight_column(train_ds, "data.train")
     else:
         check_columns(train_ds, "data.train", ["prompt"], " (GRPO generates from the 'prompt' column)")
+        if recipe.relift is not None:
+            check_demonstrations(train_ds, recipe.relift.demonstration_column)
     eval_ds = None
     if recipe.data.eval is not None:
         eval_ds = build_dataset(recipe.data.eval, "data.eval")
@@ -261,4 +276,4 @@ def check_run(recipe, *, out: Optional[Path] = None, standalone: bool = False) -
 
 
 __all__ = ["Checked", "PAIR_COLUMNS", "build_dataset", "check_columns", "check_model_name", "check_pairs",
-           "check_report_to", "check_run", "check_sft_data", "check_weight_column", "sft_format"]
+           "check_demonstrations", "check_report_to", "check_run", "check_sft_data", "check_weight_column", "sft_format"]

@@ -51,6 +51,7 @@ class GRPOPipeline(Pipeline):
             max_reward_failure_fraction=recipe.reliability.max_reward_failure_fraction,
             max_nonfinite_steps=recipe.reliability.max_nonfinite_steps,
             diagnostics_dir=ctx.out / "diagnostics",
+            relift=recipe.relift,  # ReLIFT's interleaved fine-tuning on the hardest prompts (None: off)
             objective_eval_dataset=ctx.eval_ds,  # held-out prompts for weighting.objectives hypervolume's evaluations
         )
 

@@ -381,7 +381,29 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), *, check_regist
         for line in warned:
             _warn(line)
     _check_algorithm_sections(recipe, source)  # after the names, so an unknown name is reported as such
+    for line in relift_warnings(recipe):
+        _warn(f"{source}: {line}")
     return recipe
+
+
+def relift_warnings(recipe: Recipe) -> List[str]:
+    """A ReLIFT section that can never start an SFT phase: ``relift.sft_data_size`` hardest prompts are more than
+    the prompts the run generates for in ``train.max_steps`` steps on one process (more processes see more; with
+    dynamic sampling, every round counts)."""
+    cfg = recipe.relift
+    steps = recipe.train.get("max_steps", -1)
+    if cfg is None or not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+        return []
+    t = recipe.train
+    per_step = (t.get("per_device_train_batch_size", 8) * t.get("gradient_accumulation_steps", 1)
+                // max(int(t.get("num_generations", 8) or 8), 1))
+    seen = steps * per_step
+    if recipe.rollout.dynamic_sampling is not None:  # every generation round's prompts are candidates
+        seen *= recipe.rollout.dynamic_sampling.max_rounds
+    if cfg.sft_data_size > seen:
+        return [f"relift.sft_data_size ({cfg.sft_data_size}) exceeds the {seen} prompt(s) the run rolls out in "
+                f"train.max_steps={steps} steps on one process: no SFT phase can ever start"]
+    return []
 
 
 def _warn(line: str) -> None:

