@@ -52,6 +52,7 @@ class GRPOPipeline(Pipeline):
             max_nonfinite_steps=recipe.reliability.max_nonfinite_steps,
             diagnostics_dir=ctx.out / "diagnostics",
             objective_eval_dataset=ctx.eval_ds,  # held-out prompts for weighting.objectives hypervolume's evaluations
+            domains=ctx.extra.get("domains"),     # a data.train mixture: posttrain.trainers.domains
         )
 
 

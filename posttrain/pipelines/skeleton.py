@@ -306,6 +306,12 @@ def _train(pipeline: Pipeline, recipe, out: Path, checked, *, recipe_path, overr
                      "seed": recipe.seed, "threads": threads, "eval": {}}
     ctx = RunContext(recipe=recipe, out=out, resume=resume, ckpt=ckpt, train_ds=checked.train_ds,
                      eval_ds=checked.eval_ds, summary=summary)
+    if checked.domains is not None:  # a data.train mixture (SFT, GRPO): posttrain.trainers.domains
+        from posttrain.trainers.domains import DomainSetup
+
+        names, weights = checked.domains
+        spec = recipe.weighting.domains[0].model_dump() if recipe.weighting.domains else None
+        ctx.extra["domains"] = DomainSetup(names, weights, spec, heldout=checked.heldout_ds)
     pipeline.setup(ctx)
     args = pipeline.trl_args(ctx)
     ev_kw = dict(max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
