@@ -14,8 +14,9 @@ indices and takes its slice of each global batch, as with TRL's samplers (accele
 
 Resume: the dataloader runs ahead of training (accelerate prefetches a batch), so the sampler's own position is
 past what was trained on. It keeps the state *before* each recent unit (generator, per-domain cursors, the weights
-the unit is drawn with); :meth:`DomainSampler.state_at` gives the state at a number of *consumed* rows, and after
-:meth:`DomainSampler.load_state_dict` the next iteration redraws that unit exactly and skips its consumed rows.
+the unit is drawn with); :meth:`DomainSampler.state_at` gives the state at a number of *consumed* rows (plus the
+weights of the units drawn after it), and after :meth:`DomainSampler.load_state_dict` the next iteration redraws
+those units exactly (each with the weights it had) and skips the consumed rows.
 Weights set with :meth:`DomainSampler.set_weights` apply from the next unit drawn.
 """
 from __future__ import annotations
@@ -107,6 +108,7 @@ class DomainSampler(torch.utils.data.Sampler):
         self._perms: Dict[Tuple[int, int], List[int]] = {}
         self._snapshots: Dict[int, Dict[str, Any]] = {}
         self._resume: Optional[Tuple[Dict[str, Any], int]] = None   # (snapshot of the unit to redraw, rows to skip)
+        self._queued: List[List[float]] = []  # weights of units to redraw after a resume (drawn before the save)
         self.last_unit_domains: List[int] = []
 
     # ------------------------------------------------------------------ weights
@@ -148,7 +150,13 @@ class DomainSampler(torch.utils.data.Sampler):
 
     def draw_unit(self) -> List[int]:
         """Draw the next unit's ``unit_size`` rows (domains from the weights, rows from the domains' permutations)."""
+        if self._queued:  # a unit the saved run had drawn already: with the weights it was drawn with
+            self.weights_D, current = torch.tensor(self._queued.pop(0), dtype=torch.float64), self.weights_D
+        else:
+            current = None
         snap = self._snapshot()
+        if current is not None:
+            self.weights_D = current
         self._snapshots[self.unit] = snap
         for old in [k for k in self._snapshots if k < self.unit - _KEEP_SNAPSHOTS]:
             del self._snapshots[old]
@@ -174,12 +182,9 @@ class DomainSampler(torch.utils.data.Sampler):
         if self._resume is not None:
             snap, skip = self._resume
             self._resume = None
-            current = self.weights_D
             self.unit, self.cursors_D = int(snap["unit"]), list(snap["cursors_D"])
             self.generator.set_state(snap["generator"])
-            self.weights_D = torch.tensor(snap["unit_weights_D"], dtype=torch.float64)
             first = self._expand(self.draw_unit())
-            self.weights_D = current
             yield from first[skip:]
             start = 1
         else:
@@ -199,8 +204,9 @@ class DomainSampler(torch.utils.data.Sampler):
         else:
             raise RuntimeError(f"domain sampler: no state for unit {unit} (drawn: {self.unit}; kept: "
                                f"{sorted(self._snapshots)})")
+        drawn = [self._snapshots[k]["unit_weights_D"] for k in range(unit, self.unit) if k in self._snapshots]
         return {"snapshot": snap, "offset": offset, "weights_D": self.weights_D.tolist(), "seed": self.seed,
-                "num_domains": len(self.rows_D)}
+                "num_domains": len(self.rows_D), "drawn_weights_D": drawn or [snap["unit_weights_D"]]}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if int(state["num_domains"]) != len(self.rows_D) or int(state["seed"]) != self.seed:
@@ -208,5 +214,6 @@ class DomainSampler(torch.utils.data.Sampler):
                              f"{state['seed']}; this run has {len(self.rows_D)} and {self.seed}")
         self.weights_D = self._checked(state["weights_D"])
         self._resume = (state["snapshot"], int(state["offset"]))
+        self._queued = [list(w) for w in state["drawn_weights_D"]]
         self.unit = int(state["snapshot"]["unit"])
         self._snapshots = {}

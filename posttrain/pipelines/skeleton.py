@@ -187,7 +187,7 @@ def finish_run(trainer, tokenizer, recipe, out: Path, summary: dict, *, t_start:
     the parameters are sharded and are gathered for evaluation and saving (posttrain.distributed)."""
     from posttrain.distributed import full_policy, save_final_model
     from posttrain.evaluation import evaluate
-    from posttrain.reporting import plot_curves, write_json
+    from posttrain.reporting import plot_curves, plot_domain_weights, write_json
 
     if scorer is not None:
         with full_policy(trainer) as policy:
@@ -202,6 +202,9 @@ def finish_run(trainer, tokenizer, recipe, out: Path, summary: dict, *, t_start:
         if recipe.output.plots:
             plot_curves(metrics_path, out / "training_curves.png", title=f"{recipe.name} ({recipe.model.name})",
                         eval_summary=summary.get("eval"))
+            if recipe.weighting.domains or hasattr(recipe.data.train, "mixture"):
+                plot_domain_weights(metrics_path, out / "domain_weights.png",
+                                    title=f"{recipe.name}: domain weights ({recipe.model.name})")
         summary["wall_seconds"] = round(time.time() - t_start, 1)
         write_json(out / "summary.json", summary)
     return summary
