@@ -290,3 +290,12 @@ def test_sft_domains_resume_is_exact(tmp_path):
         a, b = step(straight, n), step(resumed, n)
         for key in ("loss", "grad_norm", "domain/clean/weight", "domain/clean/share", "domain/noisy/loss"):
             assert a[key] == b[key], (n, key)
+
+
+def test_shipped_domain_recipes_load():
+    from posttrain.recipes import load_recipe
+
+    for name, algo, strategy in (("sft_domains", "sft", "influence"), ("tiny_sft_domains", "sft", "influence"),
+                                 ("grpo_domains", "grpo", "influence"), ("tiny_grpo_domains", "grpo", "temperature")):
+        r = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+        assert r.algorithm == algo and len(r.data.train.mixture) == 2 and r.weighting.domains[0].name == strategy

@@ -90,6 +90,8 @@ class DomainMixtureMixin:
         except (KeyError, ValueError) as exc:
             raise UserError(f"weighting.domains.0: {exc}") from None
         s = self._domain_strategy
+        if s.name == "fixed" and setup.weights is not None and s.config.weights is None:
+            s.config.weights = list(setup.weights)  # the mixture's initial weights are the fixed mix
         if getattr(s.config, "sharded_gradients", False):
             raise UserError(f"weighting.domains.0.sharded_gradients: the trainer's gradient services return full "
                             f"gradients (summed over processes); set it to false")
