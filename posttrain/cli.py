@@ -286,7 +286,9 @@ def _eval_or_generate_text(args) -> str:
         else:
             system = args.system
             if system is None and target.recipe is not None:
-                system = target.recipe.data.train.args.get("system")
+                train = target.recipe.data.train
+                train = train.mixture[0] if hasattr(train, "mixture") else train  # a mixture: its first domain
+                system = train.args.get("system")
             prompts = inference._text_prompts(texts, system=system, prefill=args.prefill, plain=args.plain)
     else:
         recipe = target.recipe

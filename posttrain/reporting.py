@@ -165,6 +165,37 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str = "",
     return Path(png_path)
 
 
+def plot_domain_weights(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path | None:
+    """The trajectory of a data mixture: ``domain/<name>/weight`` (lines) and ``domain/<name>/share`` of the batch
+    (dots, same colour) per step; None (no file) when the run logged no domain weights."""
+    rows = read_metrics(metrics_path)
+    weights = _series(rows, "domain/")
+    names = sorted({k.split("/")[1] for k in weights if k.endswith("/weight")})
+    if not names:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, name in enumerate(names):
+        steps, values = weights[f"domain/{name}/weight"]
+        ax.plot(steps, values, color=f"C{i}", lw=1.6, label=f"{name} weight")
+        if f"domain/{name}/share" in weights:
+            s_steps, shares = weights[f"domain/{name}/share"]
+            ax.plot(s_steps, shares, "o", color=f"C{i}", ms=2.5, alpha=0.5, label=f"{name} share of batch")
+    ax.set_xlabel("step")
+    ax.set_ylabel("sampling weight / batch share")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title or "domain weights", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return Path(png_path)
+
+
 def plot_margins(margins, weight_fn, png_path: str | Path, title: str = "") -> Path:
     """Histogram of the per-pair margins (the ``margin`` column MADPO weights by), with the weight each margin gets
     (``weight_fn``: margins tensor -> weights tensor, e.g. the run's pair weighting) drawn over the same axis range."""

@@ -43,6 +43,8 @@ This file is generated from `posttrain/recipes/schema.py` by `python scripts/gen
 def _type_name(ann) -> str:
     origin = typing.get_origin(ann)
     args = typing.get_args(ann)
+    if origin is typing.Annotated:  # a tagged union member: its type
+        return _type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(repr(a) for a in args)
     if origin is typing.Union:
@@ -82,6 +84,7 @@ def render() -> str:
     sections = [
         (schema.Recipe, "top level"), (schema.ModelSection, "model"), (schema.LoraSection, "model.lora"),
         (schema.DataSection, "data"), (schema.DatasetSpec, "data.train / data.eval"),
+        (schema.MixtureSpec, "data.train (a mixture)"), (schema.MixtureEntry, "data.train.mixture[]"),
         (schema.RewardSpec, "rewards[]"), (schema.WeightingSection, "weighting"),
         (schema.RewardModelSection, "reward_model"),
         (schema.RolloutSection, "rollout"),

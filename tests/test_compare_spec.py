@@ -53,7 +53,7 @@ def test_shipped_spec_by_name_and_jobs_threads(tmp_path):
     assert plan.spec_path == COMPARE_DIR / "tiny.yaml" and plan.jobs == 2 and plan.threads == 1
 
 
-@pytest.mark.parametrize("name", ["tiny", "token_weighting", "objective_weighting", "em_rl", "relift"])
+@pytest.mark.parametrize("name", ["tiny", "token_weighting", "objective_weighting", "em_rl", "relift", "domains"])
 def test_shipped_specs_plan(name, tmp_path):
     plan = make_plan(name, runs_dir=tmp_path)
     assert len(plan.runs) == len(plan.spec.arms) * len(plan.spec.seeds)

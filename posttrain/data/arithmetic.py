@@ -157,7 +157,7 @@ def arithmetic_problems(
     return Dataset.from_dict({"prompt": prompts, "answer": answers, "a": As, "b": Bs, "solution": list(answers)})
 
 
-def arithmetic_sft(n: int | None = None, *, format: str = "plain", **kwargs: Any):
+def arithmetic_sft(n: int | None = None, *, format: str = "plain", noise: float = 0.0, **kwargs: Any):
     """SFT demonstrations for the arithmetic problems: :func:`arithmetic_problems` (same arguments, same seeded
     disjoint splits) with a ``completion`` column holding the exact answer, so the columns are ``prompt``,
     ``completion``, ``answer``, ``a``, ``b``, ``solution`` -- TRL 1.16's prompt-completion format (the loss covers the completion
@@ -172,9 +172,25 @@ def arithmetic_sft(n: int | None = None, *, format: str = "plain", **kwargs: Any
     Only ``format="plain"``: a conversational prompt ending in a pre-filled assistant message is not continued by
     TRL's SFT tokenization (it renders the prompt with ``add_generation_prompt=True``); pass ``tokenizer=`` to get
     the chat template rendered into the plain prompt instead.
+
+    ``noise`` (default 0: the demonstrations above, unchanged): the fraction of rows, chosen with ``seed``, whose
+    completion is a *wrong* answer (the true one plus a non-zero offset in -9..9, never negative for ``+``/``*``);
+    ``answer`` keeps the true result. A noisy domain for data-mixture demos (docs/domains.md).
     """
     if format != "plain":
         raise DataError(f"arithmetic_sft: format must be 'plain' (TRL's SFT does not continue a pre-filled "
                         f"assistant message; pass tokenizer= to render the chat template), got {format!r}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0.0 <= noise <= 1.0:
+        raise DataError(f"arithmetic_sft: noise must be a fraction in [0, 1], got {noise!r}")
     ds = arithmetic_problems(n, format="plain", **kwargs)
-    return ds.add_column("completion", list(ds["answer"]))
+    completions = list(ds["answer"])
+    if noise > 0:
+        import random
+
+        rng = random.Random(f"arithmetic_sft-noise|{kwargs.get('seed', 0)}")
+        for i, answer in enumerate(completions):
+            if rng.random() < noise:
+                value = int(answer)
+                offsets = [o for o in range(-9, 10) if o != 0 and (value + o >= 0 or value < 0)]
+                completions[i] = str(value + rng.choice(offsets))
+    return ds.add_column("completion", completions)

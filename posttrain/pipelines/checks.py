@@ -37,10 +37,13 @@ PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
 @dataclass
 class Checked:
-    """What the checks built and the run reuses (so the data is built once)."""
+    """What the checks built and the run reuses (so the data is built once). ``domains``: for a ``data.train``
+    mixture, ``(names, initial weights or None)``; ``heldout_ds``: ``data.heldout``."""
 
     train_ds: Any
     eval_ds: Optional[Any]
+    domains: Optional[Any] = None
+    heldout_ds: Optional[Any] = None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -230,18 +233,55 @@ def check_run(recipe, *, out: Optional[Path] = None, standalone: bool = False) -
     check_report_to(recipe)
     check_model_name(recipe)
     dpo = recipe.algorithm in ("dpo", "reward_model+dpo")
-    train_ds = build_dataset(recipe.data.train, "data.train")
     sft = recipe.algorithm == "sft"
-    if dpo:
-        check_pairs(train_ds, "data.train")
-    elif sft:
-        check_sft_data(train_ds, "data.train", str(recipe.train.get("dataset_text_field") or "text"))
-        if "weight" in (train_ds.column_names or ()):
-            check_weight_column(train_ds, "data.train")
+    text_field = str(recipe.train.get("dataset_text_field") or "text")
+
+    def check_train(ds, where):
+        if dpo:
+            check_pairs(ds, where)
+        elif sft:
+            check_sft_data(ds, where, text_field)
+            if "weight" in (ds.column_names or ()):
+                check_weight_column(ds, where)
+        else:
+            check_columns(ds, where, ["prompt"], " (GRPO generates from the 'prompt' column)")
+
+    mixture = getattr(recipe.data.train, "mixture", None)
+    domains = heldout_ds = None
+    if mixture is None:
+        train_ds = build_dataset(recipe.data.train, "data.train")
+        check_train(train_ds, "data.train")
     else:
-        check_columns(train_ds, "data.train", ["prompt"], " (GRPO generates from the 'prompt' column)")
-        if recipe.relift is not None:
-            check_demonstrations(train_ds, recipe.relift.demonstration_column)
+        from posttrain.data.mixture import concat_domains
+
+        parts = []
+        for i, entry in enumerate(mixture):
+            where = f"data.train.mixture.{i}"
+            try:
+                parts.append(build_dataset(entry, where))
+            except UserError as exc:
+                if "returned no rows" in str(exc):
+                    raise UserError(f"{where}: domain '{entry.domain}' is empty (its dataset has no rows)") from None
+                raise
+            check_train(parts[-1], where)
+        try:
+            train_ds = concat_domains(parts)
+        except ValueError as exc:
+            raise UserError(_first_line(exc)) from None
+        weights = [e.weight for e in mixture]
+        domains = ([e.domain for e in mixture], None if weights[0] is None else weights)
+    if recipe.data.heldout is not None:
+        heldout_ds = build_dataset(recipe.data.heldout, "data.heldout")
+        if sft:
+            check_sft_data(heldout_ds, "data.heldout", text_field)
+        else:
+            check_columns(heldout_ds, "data.heldout", ["prompt"])
+            if not {"answer", "completion"} & set(heldout_ds.column_names or ()):
+                raise UserError("data.heldout: GRPO's held-out gradient is the NLL of reference answers: the "
+                                f"dataset needs a column 'answer' or 'completion' (columns: "
+                                f"{', '.join(heldout_ds.column_names or ())})")
+    if not (dpo or sft) and recipe.relift is not None:
+        check_demonstrations(train_ds, recipe.relift.demonstration_column)
     eval_ds = None
     if recipe.data.eval is not None:
         eval_ds = build_dataset(recipe.data.eval, "data.eval")
@@ -272,7 +312,7 @@ def check_run(recipe, *, out: Optional[Path] = None, standalone: bool = False) -
         build_trl_args(recipe, out, config_cls=SFTConfig)
     else:
         build_trl_args(recipe, out)
-    return Checked(train_ds=train_ds, eval_ds=eval_ds)
+    return Checked(train_ds=train_ds, eval_ds=eval_ds, domains=domains, heldout_ds=heldout_ds)
 
 
 __all__ = ["Checked", "PAIR_COLUMNS", "build_dataset", "check_columns", "check_model_name", "check_pairs",

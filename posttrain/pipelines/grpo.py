@@ -53,6 +53,7 @@ class GRPOPipeline(Pipeline):
             diagnostics_dir=ctx.out / "diagnostics",
             relift=recipe.relift,  # ReLIFT's interleaved fine-tuning on the hardest prompts (None: off)
             objective_eval_dataset=ctx.eval_ds,  # held-out prompts for weighting.objectives hypervolume's evaluations
+            domains=ctx.extra.get("domains"),     # a data.train mixture: posttrain.trainers.domains
         )
 
 

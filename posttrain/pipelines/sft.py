@@ -52,6 +52,7 @@ class SFTPipeline(Pipeline):
                 peft_config=lora_config(recipe.model.lora), callbacks=callbacks,
                 sample_strategies=[s.model_dump() for s in recipe.weighting.samples],
                 max_nonfinite_steps=recipe.reliability.max_nonfinite_steps, diagnostics_dir=ctx.out / "diagnostics",
+                domains=ctx.extra.get("domains"),
             )
         except ValueError as exc:  # TRL's own configuration / data checks
             raise UserError(f"train: {str(exc).splitlines()[0]}") from None

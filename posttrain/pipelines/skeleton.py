@@ -187,7 +187,7 @@ def finish_run(trainer, tokenizer, recipe, out: Path, summary: dict, *, t_start:
     the parameters are sharded and are gathered for evaluation and saving (posttrain.distributed)."""
     from posttrain.distributed import full_policy, save_final_model
     from posttrain.evaluation import evaluate
-    from posttrain.reporting import plot_curves, write_json
+    from posttrain.reporting import plot_curves, plot_domain_weights, write_json
 
     if scorer is not None:
         with full_policy(trainer) as policy:
@@ -202,6 +202,9 @@ def finish_run(trainer, tokenizer, recipe, out: Path, summary: dict, *, t_start:
         if recipe.output.plots:
             plot_curves(metrics_path, out / "training_curves.png", title=f"{recipe.name} ({recipe.model.name})",
                         eval_summary=summary.get("eval"))
+            if recipe.weighting.domains or hasattr(recipe.data.train, "mixture"):
+                plot_domain_weights(metrics_path, out / "domain_weights.png",
+                                    title=f"{recipe.name}: domain weights ({recipe.model.name})")
         summary["wall_seconds"] = round(time.time() - t_start, 1)
         write_json(out / "summary.json", summary)
     return summary
@@ -306,6 +309,12 @@ def _train(pipeline: Pipeline, recipe, out: Path, checked, *, recipe_path, overr
                      "seed": recipe.seed, "threads": threads, "eval": {}}
     ctx = RunContext(recipe=recipe, out=out, resume=resume, ckpt=ckpt, train_ds=checked.train_ds,
                      eval_ds=checked.eval_ds, summary=summary)
+    if checked.domains is not None:  # a data.train mixture (SFT, GRPO): posttrain.trainers.domains
+        from posttrain.trainers.domains import DomainSetup
+
+        names, weights = checked.domains
+        spec = recipe.weighting.domains[0].model_dump() if recipe.weighting.domains else None
+        ctx.extra["domains"] = DomainSetup(names, weights, spec, heldout=checked.heldout_ds)
     pipeline.setup(ctx)
     args = pipeline.trl_args(ctx)
     ev_kw = dict(max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size, em_inf=recipe.eval.em_inf,

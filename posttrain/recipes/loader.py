@@ -165,7 +165,7 @@ def _format_validation_error(err: ValidationError, source: str, root=Recipe) -> 
 
     errors = err.errors()
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = ".".join(str(p) for p in first["loc"])
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("<"))  # union tags: <dataset>, ...
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -220,6 +220,7 @@ def _check_algorithm_sections(recipe: Recipe, source: str) -> None:
             if value:
                 raise RecipeError(f"{source}: weighting.{key}: not used by algorithm '{recipe.algorithm}' "
                                   f"({takes})")
+    _check_mixture(recipe, source)
     if recipe.algorithm == "reward_model+dpo" and recipe.reward_model.source == "train":
         from trl import RewardConfig
 
@@ -229,6 +230,55 @@ def _check_algorithm_sections(recipe: Recipe, source: str) -> None:
             raise RecipeError(f"{source}: reward_model.train.{reserved[0]}: set by posttrain from the recipe")
         _check_trl_fields(recipe.reward_model.train, RewardConfig, "reward_model.train", source)
         _check_trl_values(recipe.reward_model.train, "reward_model.train", source)
+
+
+def _check_mixture(recipe: Recipe, source: str) -> None:
+    """``data.train: {mixture: [...]}`` and ``weighting.domains``: algorithm, unique domains, initial weights that form
+    a distribution (all given or none), a strategy only with a mixture, a held-out set for one that needs it."""
+    def fail(key: str, msg: str) -> None:
+        raise RecipeError(f"{source}: {key}: {msg}")
+
+    mixture = getattr(recipe.data.train, "mixture", None)
+    domains = recipe.weighting.domains
+    if mixture is None:
+        if domains:
+            fail("weighting.domains", "a domain strategy needs a data mixture: data.train: {mixture: [{name: ..., "
+                                      "domain: ...}, ...]}")
+        if recipe.data.heldout is not None:
+            fail("data.heldout", "the held-out set of a domain strategy; set it with a data.train mixture")
+        return
+    if recipe.algorithm not in ("sft", "grpo"):
+        fail("data.train.mixture", f"data mixtures are for algorithm 'sft' and 'grpo', not '{recipe.algorithm}'")
+    seen: Dict[str, int] = {}
+    for i, entry in enumerate(mixture):
+        if entry.domain in seen:
+            fail(f"data.train.mixture.{i}.domain", f"domain '{entry.domain}' is also data.train.mixture."
+                                                   f"{seen[entry.domain]}'s; each domain once")
+        seen[entry.domain] = i
+    given = [i for i, e in enumerate(mixture) if e.weight is not None]
+    if given and len(given) < len(mixture):
+        missing = next(i for i in range(len(mixture)) if i not in given)
+        fail(f"data.train.mixture.{missing}.weight", "give an initial weight for every domain or for none")
+    if given:
+        total = sum(e.weight for e in mixture)
+        if abs(total - 1.0) > 1e-6:
+            fail(f"data.train.mixture.{len(mixture) - 1}.weight", f"the initial weights must sum to 1 (they sum "
+                                                                  f"to {total:g})")
+    if domains:
+        from posttrain.data.mixture import split_domain_spec
+        from posttrain.weighting.protocol import strategy_class
+
+        try:
+            spec, _ = split_domain_spec(domains[0])
+        except ValueError as exc:
+            fail("weighting.domains.0", str(exc))
+        cls = strategy_class("domain", spec["name"])  # the name was checked with the other strategies
+        if cls.needs_heldout and recipe.data.heldout is None:
+            fail("weighting.domains.0", f"{spec['name']} needs a held-out set (its gradient): set data.heldout "
+                                        f"(e.g. clean rows of the target task, apart from data.eval)")
+        if spec.get("sharded_gradients"):
+            fail("weighting.domains.0.sharded_gradients", "the trainer's gradient services return full gradients "
+                                                          "(summed over processes); set it to false")
 
 
 # The loss types TRL 1.16's DPOTrainer._compute_loss dispatches on; DPOConfig itself accepts any string and the
@@ -350,7 +400,10 @@ def _check_names(recipe: Recipe, source: str, warnings_out: List[str]) -> None:
             fail(f"{path}.args", exc)
         if path.startswith("rewards."):
             reward_names.append(getattr(fn, "__name__", spec.name))
-    datasets = [("data.train", recipe.data.train)] + ([("data.eval", recipe.data.eval)] if recipe.data.eval else [])
+    train = recipe.data.train
+    datasets = ([(f"data.train.mixture.{i}", e) for i, e in enumerate(train.mixture)] if hasattr(train, "mixture")
+                else [("data.train", train)])
+    datasets += [(f"data.{key}", spec) for key in ("eval", "heldout") if (spec := getattr(recipe.data, key))]
     for path, spec in datasets:
         builder = resolve(f"{path}.name", DATASETS.get, spec.name)
         problem = _unknown_args(builder, spec.args)

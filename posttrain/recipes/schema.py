@@ -7,9 +7,9 @@ checks that it is in sync.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -51,10 +51,44 @@ class DatasetSpec(_Strict):
     args: Dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the builder.")
 
 
+class MixtureEntry(DatasetSpec):
+    """One domain of a data mixture: a dataset spec plus its domain name and initial sampling weight."""
+
+    domain: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                        description="Domain name (letters, digits, '.', '_', '-'; names the metrics "
+                        "domain/<name>/...); each domain once.")
+    weight: Optional[float] = Field(
+        None, ge=0.0, allow_inf_nan=False, description="Initial sampling weight of the domain; given for every "
+        "entry (summing to 1) or for none (then the domain strategy's first weights, e.g. 'fixed' "
+        "proportional to size).")
+
+
+class MixtureSpec(_Strict):
+    """``data.train: {mixture: [...]}``: several datasets as domains, each batch drawn by the current domain
+    weights (``weighting.domains``; docs/domains.md)."""
+
+    mixture: List[MixtureEntry] = Field(..., min_length=1, description="The domains' datasets (SFT or GRPO).")
+
+
+def _dataset_or_mixture(value: Any) -> str:
+    has = isinstance(value, dict) and "mixture" in value or isinstance(value, MixtureSpec)
+    return "<mixture>" if has else "<dataset>"
+
+
+#: ``data.train``: one dataset, or a mixture of domains (the tags are dropped from error key paths).
+TrainData = Annotated[Union[Annotated[DatasetSpec, Tag("<dataset>")], Annotated[MixtureSpec, Tag("<mixture>")]],
+                      Discriminator(_dataset_or_mixture)]
+
+
 class DataSection(_Strict):
-    train: DatasetSpec = Field(..., description="Training prompts (GRPO), pairs (DPO) or demonstrations (SFT: "
-                               "prompt/completion, messages or text columns, e.g. arithmetic_sft).")
+    train: TrainData = Field(..., description="Training prompts (GRPO), pairs (DPO) or demonstrations (SFT: "
+                             "prompt/completion, messages or text columns, e.g. arithmetic_sft); or, for SFT and "
+                             "GRPO, {mixture: [{name, args, domain, weight}, ...]}: several datasets as domains.")
     eval: Optional[DatasetSpec] = Field(None, description="Held-out prompts for before/after evaluation.")
+    heldout: Optional[DatasetSpec] = Field(
+        None, description="Held-out set of a domain strategy that needs one (influence, bilevel): its gradient "
+        "and loss (SFT: token-mean NLL of its completions; GRPO: NLL of its reference answers, column 'answer' or "
+        "'completion'). Kept apart from data.eval so that the mixture is not tuned on the evaluation set.")
 
 
 class RewardSpec(_Strict):
@@ -85,6 +119,12 @@ class WeightingSection(_Strict):
         "hypervolume | lagrangian | recap | trust. May hold one argument block per strategy name, used when that "
         "strategy is selected, e.g. {name: fixed, lagrangian: {thresholds: [null, 0.8]}}.")
     pairs: List[StrategySpec] = Field(default_factory=list, description="DPO pair weighting strategies.")
+    domains: List[StrategySpec] = Field(
+        default_factory=list, max_length=1, description="Domain (data-mixture) strategy of a data.train mixture "
+        "(SFT, GRPO): at most one (one sampling distribution per run): fixed | temperature | upweight | influence | "
+        "bilevel; arguments are the strategy's own plus the trainer options update_every (optimizer steps between "
+        "updates, default 1), gradient_rows (rows per domain for the gradient services of influence / bilevel, "
+        "default 4) and heldout_rows (rows of data.heldout, default 16). Default with a mixture: fixed.")
     samples: List[StrategySpec] = Field(
         default_factory=list, description="Per-sample weights of the SFT loss (algorithm 'sft'): loss_reweighting "
         "(Sow et al., ICLR 2025, arXiv 2502.06733: softmax of f(the sample's token-mean NLL rescaled within the "

@@ -69,6 +69,16 @@ def check_strategies(recipe, reward_names: Sequence[str], fail: Callable[[str, A
             except (ValueError, TypeError) as exc:
                 raise_prefixed(fail, path, exc)
         built += strategies
+    if w.domains:  # the strategy's own arguments (trainer options such as update_every split off)
+        from posttrain.data.mixture import split_domain_spec
+
+        try:
+            spec, _ = split_domain_spec(w.domains[0])
+            built.append(protocol.build_strategy("domain", spec, env))
+        except RegistryError as exc:
+            fail("weighting.domains.0.name", exc)
+        except (ValueError, TypeError) as exc:
+            fail("weighting.domains.0", exc)
     if w.samples and recipe.algorithm == "sft":  # SFT's per-sample weights (posttrain.weighting.samples)
         from posttrain.weighting.samples import build_sample_strategies
 

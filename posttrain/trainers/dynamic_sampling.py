@@ -62,7 +62,11 @@ class DynamicSamplingMixin:
         return rewards_NK[:, self.reward_func_names.index(metric)]
 
     def _refill_prompts(self, n_prompts: int) -> List[Dict[str, Any]]:
-        idx = torch.randint(len(self.train_dataset), (n_prompts,), generator=self._sampling_generator)
+        domains = getattr(self, "_domain_sampler", None)
+        if domains is not None:  # a data mixture: refill prompts by the current domain weights
+            idx = domains.draw_rows(n_prompts, self._sampling_generator)
+        else:
+            idx = torch.randint(len(self.train_dataset), (n_prompts,), generator=self._sampling_generator)
         rows = [dict(self.train_dataset[int(i)]) for i in idx]
         return [row for row in rows for _ in range(self.num_generations)]
 

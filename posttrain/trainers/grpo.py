@@ -30,6 +30,7 @@ from posttrain.errors import RunStopped, StrategyFailed, UserError
 from posttrain.rewards.base import completion_text
 from posttrain.trainers import grpo_services as services
 from posttrain.trainers.checkpointing import CheckpointStateMixin
+from posttrain.trainers.domains import DomainMixtureMixin
 from posttrain.trainers.dynamic_sampling import DynamicSamplingMixin
 from posttrain.trainers.forward import ChunkedLogprobsMixin
 from posttrain.trainers.guards import GuardedTrainerMixin, RewardFailureMixin, zero_loss
@@ -52,7 +53,7 @@ class _StepEndHooks(TrainerCallback):
 
 
 class PosttrainGRPOTrainer(ChunkedLogprobsMixin, ReliftMixin, DynamicSamplingMixin, TokenLossMixin, RewardFailureMixin,
-                           GuardedTrainerMixin, CheckpointStateMixin, GRPOTrainer):
+                           GuardedTrainerMixin, DomainMixtureMixin, CheckpointStateMixin, GRPOTrainer):
     """TRL's GRPO plus the strategy protocol's hooks.  With no strategy configured it is exactly TRL's GRPO.
 
     Extra keyword arguments: ``weighting`` (the recipe's ``weighting`` section: ``objectives``, ``sequences``,
@@ -61,12 +62,15 @@ class PosttrainGRPOTrainer(ChunkedLogprobsMixin, ReliftMixin, DynamicSamplingMix
     ``max_reward_failure_fraction`` (stop when more than this fraction of a step's samples has a failed reward),
     ``max_nonfinite_steps``, ``diagnostics_dir`` and ``objective_eval_dataset`` (held-out prompts for strategies
     that evaluate the objectives, e.g. ``hypervolume``), ``relift`` (the recipe's ``relift`` section: ReLIFT's
-    fine-tuning on the hardest questions, :mod:`posttrain.trainers.relift`).
+    fine-tuning on the hardest questions, :mod:`posttrain.trainers.relift`); ``domains`` -- a
+    :class:`~posttrain.trainers.domains.DomainSetup` for a data mixture (prompts drawn by domain weights,
+    :mod:`posttrain.trainers.domains`).
     """
 
     def __init__(self, *args, weighting=None, advantage=None, dynamic_sampling=None,
                  max_reward_failure_fraction: float = 0.5,
                  max_nonfinite_steps: int = 3, diagnostics_dir=None, objective_eval_dataset=None, relift=None,
+                 domains=None,
                  **kwargs):
         if not 0.0 <= max_reward_failure_fraction <= 1.0:
             raise UserError(f"max_reward_failure_fraction must be in [0, 1], got {max_reward_failure_fraction}")
@@ -80,6 +84,7 @@ class PosttrainGRPOTrainer(ChunkedLogprobsMixin, ReliftMixin, DynamicSamplingMix
         self._setup_dynamic_sampling(dynamic_sampling)
         self._setup_relift(relift)
         self._check_token_weighting_supported()
+        self._setup_domains(domains)
         self._step_ctx = None
         self._local_texts, self._step_inputs = [], []
         from posttrain.distributed import is_zero3
@@ -210,6 +215,7 @@ class PosttrainGRPOTrainer(ChunkedLogprobsMixin, ReliftMixin, DynamicSamplingMix
         else:
             self._step_inputs = inputs
             out = self._trl_rollout(inputs)
+            rewards_NK = self._last_rewards_NK
         if self._step_ctx is not None:
             try:
                 out["advantages"] = self._rollout_hooks(self._step_ctx, out, recompute=recompute)
@@ -217,7 +223,67 @@ class PosttrainGRPOTrainer(ChunkedLogprobsMixin, ReliftMixin, DynamicSamplingMix
                 self.guard.request_stop(str(exc))  # this step is skipped, a checkpoint saved, the run stops
                 out["advantages"] = torch.zeros_like(out["advantages"])
             self._step_ctx = None
+        if self._domain is not None and self.model.training:
+            self._domain_rollout(out, rewards_NK)
         return self._add_token_inputs(out)
+
+    # ------------------------------------------------------------------ domains (DomainMixtureMixin)
+    def _domain_sampler_layout(self):
+        """TRL's RepeatSampler layout: one unit = the unique prompts of a generation batch, each repeated
+        num_generations times, the unit repeated steps_per_generation x num_iterations times."""
+        spg = self.args.steps_per_generation
+        return (self.args.generation_batch_size // self.num_generations, self.num_generations,
+                self.num_iterations * spg, self.args.per_device_train_batch_size * spg * self.accelerator.num_processes)
+
+    def _domain_rollout(self, out: dict, rewards_NK) -> None:
+        """Per-domain rewards of the batch; the strategy's loss factors on the advantages; the batch kept for
+        ``domain_gradients``."""
+        from posttrain.data.mixture import DOMAIN_COLUMN
+
+        n = len(self._step_inputs)
+        rank = self.accelerator.process_index
+        ids = torch.tensor([int(row[DOMAIN_COLUMN]) for row in self._step_inputs])
+        rewards = protocol.mix_rewards(rewards_NK, self.reward_weights.tolist())[rank * n:(rank + 1) * n]
+        self._domain_observe(ids, rewards, key="reward", sign=-1.0)
+        device = self.accelerator.device
+        tokens = out["completion_mask"].sum(dim=1).float()
+        self._domain_last = (out, self.accelerator.gather(out["advantages"].detach()),
+                             self.accelerator.gather(ids.to(device)), self.accelerator.gather(tokens))
+        factors = self._domain_factors_of(ids)
+        if factors is not None:
+            out["advantages"] = out["advantages"] * factors.to(out["advantages"])
+
+    def _domain_gradients(self) -> torch.Tensor:
+        """``[D, P]``: per domain, the surrogate gradient of its completions in the last generation batch, per
+        token of that domain (zero for a domain absent from the batch)."""
+        out, adv_N, ids_N, tokens_N = self._domain_last
+        D = len(self._domain.names)
+        onehot = torch.stack([(ids_N == d) for d in range(D)]).to(adv_N.dtype)                   # [D, N]
+        tokens_D = (onehot * tokens_N.to(adv_N.dtype)).sum(dim=1)
+        scale = torch.where(tokens_D > 0, tokens_N.sum() / tokens_D.clamp(min=1), torch.zeros_like(tokens_D))
+        n = out["completion_mask"].size(0)
+        local = slice(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n)
+        return services.policy_gradients(self, out, onehot * adv_N * scale[:, None], self._domain_params(), local)
+
+    def _domain_heldout_batches(self, rows):
+        """The held-out rows as (rendered prompt, reference answer) token batches, the answer tokens labelled."""
+        if not rows:
+            return []
+        tok, ds = self.processing_class, self._domain.heldout
+        key = "completion" if "completion" in ds.column_names else "answer"
+        ids, labels = [], []
+        for i in rows:
+            row = ds[int(i)]
+            prompt = tok(render_prompt(row["prompt"], tok, **self.chat_template_kwargs),
+                         add_special_tokens=False)["input_ids"]
+            answer = tok(str(row[key]), add_special_tokens=False)["input_ids"]
+            ids.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        width = max(len(x) for x in ids)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        return [{"input_ids": torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
+                 "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
+                 "labels": torch.tensor([y + [-100] * (width - len(y)) for y in labels])}]
 
     def _rollout_hooks(self, ctx: RolloutContext, out: dict, *, recompute: bool = False) -> torch.Tensor:
         """reshape_rewards -> estimate -> adjust_advantages over the gathered batch; returns this process's rows."""

@@ -29,16 +29,19 @@ from typing import Any, Dict, List, Sequence
 import torch
 from trl import SFTTrainer
 
-from posttrain.registry import RegistryError
+from posttrain.data.mixture import DOMAIN_COLUMN
 from posttrain.errors import RunStopped, StrategyFailed, UserError
 from posttrain.losses import weighted_sft_loss
+from posttrain.registry import RegistryError
 from posttrain.trainers.checkpointing import CheckpointStateMixin
 from posttrain.trainers.columns import FloatColumnsCollator, KeepColumnsMixin
+from posttrain.trainers.domains import DomainMixtureMixin
 from posttrain.trainers.guards import GuardedTrainerMixin, zero_loss
 from posttrain.weighting.protocol import SampleContext, StrategyEnv, StrategyError, label, required_columns
 from posttrain.weighting.sequences import token_mean_nll
 
 SAMPLE_COLUMNS = ("weight",)
+_COLUMNS = SAMPLE_COLUMNS + (DOMAIN_COLUMN,)   # per-sample columns read by the loss, not model inputs
 
 
 class _SampleWeightedSFT(SFTTrainer):
@@ -46,7 +49,7 @@ class _SampleWeightedSFT(SFTTrainer):
 
     _weighted: bool = False
     sample_strategies: List[Any] = []
-    _extra_columns: Sequence[str] = SAMPLE_COLUMNS
+    _extra_columns: Sequence[str] = _COLUMNS
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -93,6 +96,9 @@ class _SampleWeightedSFT(SFTTrainer):
         weights = torch.ones(n, dtype=log_probs.dtype, device=log_probs.device)
         if "weight" in columns:
             weights = weights * columns["weight"].to(weights)
+        factors = self._domain_factors_of(columns[DOMAIN_COLUMN]) if DOMAIN_COLUMN in columns else None
+        if factors is not None and self.model.training:  # the domain strategy's loss factors (upweighting)
+            weights = weights * factors.to(weights)
         if self.sample_strategies and self.model.training:
             ctx = self._sample_context(log_probs, label_mask, columns)
             rows = ctx.local_rows
@@ -127,6 +133,9 @@ class _SampleWeightedSFT(SFTTrainer):
 
     def _weighted_loss(self, log_probs, label_mask, columns, num_items_in_batch) -> torch.Tensor:
         mode = "train" if self.model.training else "eval"
+        if self._domain is not None and self.model.training and DOMAIN_COLUMN in columns:
+            self._domain_observe(columns[DOMAIN_COLUMN], token_mean_nll(log_probs.detach(), label_mask).float(),
+                                 key="loss", sign=1.0)
         weights = self.sample_weights(log_probs, label_mask, columns)
         all_w = self.accelerator.gather(weights)
         self._metrics[mode]["samples/weight_mean"].append(all_w.mean().item())
@@ -139,18 +148,21 @@ class _SampleWeightedSFT(SFTTrainer):
         return loss
 
 
-class PosttrainSFTTrainer(KeepColumnsMixin, GuardedTrainerMixin, CheckpointStateMixin, _SampleWeightedSFT):
+class PosttrainSFTTrainer(KeepColumnsMixin, GuardedTrainerMixin, DomainMixtureMixin, CheckpointStateMixin,
+                          _SampleWeightedSFT):
     """TRL's SFT plus per-sample weights (a ``weight`` column, ``weighting.samples`` strategies); exactly TRL's SFT
     without them. Non-finite losses / gradients skip the step (:class:`~posttrain.trainers.guards.StepGuard`);
     checkpoints are complete-or-ignored and carry the strategies' state.
 
     Args (besides ``SFTTrainer``'s): ``sample_strategies`` -- the recipe's ``weighting.samples`` specs
     (``[{"name": "loss_reweighting", "strategy": "linupper", "temperature": 0.4, "burn_in_steps": 1000}]``) or built
-    strategies; ``max_nonfinite_steps``, ``diagnostics_dir`` (the guard's).
+    strategies; ``max_nonfinite_steps``, ``diagnostics_dir`` (the guard's); ``domains`` -- a
+    :class:`~posttrain.trainers.domains.DomainSetup` for a data mixture (the training data then has a ``domain_id``
+    column; :mod:`posttrain.trainers.domains`).
     """
 
     def __init__(self, *args, sample_strategies: Sequence[Any] = (), max_nonfinite_steps: int = 3,
-                 diagnostics_dir=None, **kwargs):
+                 diagnostics_dir=None, domains=None, **kwargs):
         from posttrain.weighting.samples import build_sample_strategies
 
         max_steps = getattr(kwargs.get("args"), "max_steps", -1)
@@ -160,7 +172,7 @@ class PosttrainSFTTrainer(KeepColumnsMixin, GuardedTrainerMixin, CheckpointState
         except (RegistryError, StrategyError, TypeError, ValueError) as exc:
             raise UserError(f"weighting.samples.{exc}") from None
         needed = required_columns(self.sample_strategies)  # data columns a (user's) strategy reads
-        self._extra_columns = tuple(dict.fromkeys([*SAMPLE_COLUMNS, *(col for col, _ in needed)]))
+        self._extra_columns = tuple(dict.fromkeys([*_COLUMNS, *(col for col, _ in needed)]))
         super().__init__(*args, **kwargs)
         self._install_guard(max_nonfinite_steps, diagnostics_dir)
         self.data_collator = FloatColumnsCollator(self.data_collator, self._extra_columns)
@@ -168,7 +180,9 @@ class PosttrainSFTTrainer(KeepColumnsMixin, GuardedTrainerMixin, CheckpointState
         for col, name in needed:
             if col not in columns:
                 raise UserError(f"weighting.samples: {name} needs a '{col}' column in data.train")
-        self._weighted = bool(self.sample_strategies) or "weight" in columns
+        self._setup_domains(domains)
+        # a mixture needs the recorded per-sample NLL (per-domain losses); with weights 1 the loss is TRL's
+        self._weighted = bool(self.sample_strategies) or "weight" in columns or domains is not None
         if self._weighted:
             self._check_weighting_supported()
 
@@ -187,7 +201,8 @@ class PosttrainSFTTrainer(KeepColumnsMixin, GuardedTrainerMixin, CheckpointState
         if self._is_vision_dataset:
             problems.append("a vision dataset")
         if problems:
-            raise UserError("per-sample weights (weighting.samples or a 'weight' column) cannot be combined with: "
+            raise UserError("per-sample weights (weighting.samples, a 'weight' column or a data.train mixture) "
+                            "cannot be combined with: "
                             + "; ".join(problems))
 
     # ------------------------------------------------------------------ held-out NLL
@@ -209,6 +224,31 @@ class PosttrainSFTTrainer(KeepColumnsMixin, GuardedTrainerMixin, CheckpointState
             model.train(was_training)
         total = self.accelerator.reduce(total, reduction="sum") if self.accelerator.num_processes > 1 else total
         return float(total[0] / total[1].clamp(min=1))
+
+    # ------------------------------------------------------------------ domain services (DomainMixtureMixin)
+    def _domain_sampler_layout(self):
+        """One unit per optimizer step: per_device x gradient_accumulation x processes rows, no repetition."""
+        world = self.accelerator.num_processes
+        per_device = self.args.per_device_train_batch_size
+        return per_device * self.args.gradient_accumulation_steps * world, 1, 1, per_device * world
+
+    def _collated(self, dataset, rows) -> List[Dict[str, torch.Tensor]]:
+        if not rows:
+            return []
+        batch = self.data_collator([dict(dataset[int(i)]) for i in rows])
+        return [{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}]
+
+    def _domain_gradients(self) -> torch.Tensor:
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        draws = [self._domain_draw(d) for d in range(len(self._domain.names))]  # same draws on every rank
+        return torch.stack([self._nll_grad(self._collated(self.train_dataset, rows[rank::world]), gradient=True)
+                            for rows in draws])
+
+    def _domain_heldout_batches(self, rows) -> List[Dict[str, torch.Tensor]]:
+        if getattr(self, "_domain_heldout_prepared", None) is None:
+            self._domain_heldout_prepared = self._prepare_dataset(
+                self._domain.heldout, self.processing_class, self.args, False, None, "domain held-out")
+        return self._collated(self._domain_heldout_prepared, rows)
 
     # ------------------------------------------------------------------ checkpoints (CheckpointStateMixin)
     def posttrain_state(self) -> Dict[str, Any]:

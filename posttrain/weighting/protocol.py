@@ -330,6 +330,9 @@ class Strategy:
     cite: ClassVar[str] = ""
     #: advantage estimators only: True when TRL's own advantages equal this estimator's (kept unless reshaped)
     trl_native: ClassVar[bool] = False
+    #: domain strategies only: True when the hooks call ``domain_gradients()`` / ``heldout_gradient()`` (the run then
+    #: needs a held-out set, ``data.heldout``)
+    needs_heldout: ClassVar[bool] = False
 
     def __init__(self, config: Optional[BaseModel] = None, env: Optional[StrategyEnv] = None):
         self.config = config if config is not None else self.Config()

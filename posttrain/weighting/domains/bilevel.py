@@ -121,6 +121,8 @@ class BilevelMixing(Strategy):
     cite = (f"{_PAPERS}: bilevel domain reweighting; here first-order one-step hypergradient -lr <g_val, g_d> "
             f"(methods.md H1.1 recipe) with entropic mirror descent on the simplex")
 
+    needs_heldout = True
+
     def __init__(self, config: Optional[BilevelConfig] = None, env: Optional[StrategyEnv] = None):
         super().__init__(config, env)
         self.log_weights: Optional[torch.Tensor] = None

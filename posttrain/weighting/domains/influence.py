@@ -142,6 +142,8 @@ class InfluenceMixing(Strategy):
     cite = (f"{_PAPER}: Group Influence (identity Hessian, [inferred]) and an influence-maximising mix with an "
             f"entropy term (TiKMiX-D, Eq. 10 [NOT FOUND]); methods.md H1.4 recipe")
 
+    needs_heldout = True
+
     def __init__(self, config: Optional[InfluenceConfig] = None, env: Optional[StrategyEnv] = None):
         super().__init__(config, env)
 
