@@ -40,6 +40,16 @@ def test_tiny_grpo_run_writes_every_output(tmp_path):
     assert "tiny_grpo" in resolved and "threads: 1" in resolved
 
 
+def test_eval_before_false_evaluates_after_training_only(tmp_path):
+    out = tmp_path / "run"
+    res = _run("run", "recipes/tiny_grpo.yaml", f"output.dir={out}", "model.threads=1", "train.max_steps=1",
+               "eval.before=false", "output.save_model=false", "output.plots=false")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert "before" not in summary["eval"] and summary["eval"]["after"]["n"] == 8
+    assert "eval before" not in res.stdout
+
+
 def test_tiny_grpo_with_token_weighting(tmp_path):
     out = tmp_path / "run"
     res = _run("run", "recipes/tiny_grpo.yaml", f"output.dir={out}", "model.threads=1", "train.max_steps=1",

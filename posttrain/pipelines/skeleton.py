@@ -319,7 +319,7 @@ def _train(pipeline: Pipeline, recipe, out: Path, checked, *, recipe_path, overr
     args = pipeline.trl_args(ctx)
     ev_kw = dict(max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size, em_inf=recipe.eval.em_inf,
                  success_threshold=recipe.eval.success_threshold)
-    if ctx.scorer is not None and is_main():
+    if ctx.scorer is not None and recipe.eval.before and is_main():
         summary["eval"]["before"] = evaluate(ctx.model, ctx.tokenizer, ctx.eval_ds, ctx.scorer, desc="eval before",
                                              **ev_kw)
         print(f"[posttrain] eval before: {pipeline.describe(summary['eval']['before'])}", flush=True)

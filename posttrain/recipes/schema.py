@@ -293,6 +293,9 @@ class EmInfSection(_Strict):
 
 class EvalSection(_Strict):
     enabled: bool = Field(True, description="Evaluate greedily before and after training when data.eval is set.")
+    before: bool = Field(True, description="Also evaluate the initial model (false: after training only; the "
+                         "initial model is the same in every arm and seed of a LoRA comparison, so one arm can "
+                         "measure it for all).")
     reward: Optional[RewardSpec] = Field(None, description="Scoring reward; default: the first entry of `rewards`.")
     max_new_tokens: int = Field(16, gt=0, description="Greedy generation length for evaluation.")
     batch_size: int = Field(32, gt=0, description="Prompts per generate call.")
