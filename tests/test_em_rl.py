@@ -1,6 +1,7 @@
 """EM-RL (arXiv 2505.15134) in the GRPO trainer: the reward TRL receives is exactly the negative entropy (token
 kind) / the sequence log-prob (traj kind) that selective_logprobs_and_entropy gives for the rollout policy."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from posttrain.losses import selective_logprobs_and_entropy
 from posttrain.models import load_tiny_model
 from posttrain.rewards import build_reward
 from posttrain.trainers import PosttrainGRPOTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +59,18 @@ def test_neg_entropy_without_policy_stats_is_one_clear_error():
     assert fn(completions=["7", "8"], policy_logps=[[-1.0, -0.5], torch.tensor([-2.0])]) == [-1.5, -2.0]
     with pytest.raises(ValueError, match="kind must be one of"):
         build_reward("neg_entropy", {"kind": "seq"})
+
+
+@pytest.mark.parametrize("override, key, says", [
+    ("eval.reward=null", "eval.reward", "the evaluation scores with rewards.0 by default"),
+    ("eval.reward={name: neg_entropy}", "eval.reward", "not the evaluation"),
+    ("advantage={name: remax}", "rewards.0", "not ReMax's greedy baseline"),
+    ("weighting.objectives={name: hypervolume}", "rewards.0", "weighting.objectives 'hypervolume'"),
+])
+def test_neg_entropy_where_no_rollout_policy_exists_is_one_line(override, key, says):
+    from posttrain.recipes import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError) as err:
+        load_recipe(ROOT / "recipes" / "tiny_grpo_em_rl.yaml", [override])
+    msg = str(err.value)
+    assert "\n" not in msg and f": {key}: " in msg and says in msg, msg

@@ -372,6 +372,26 @@ def _unknown_args(obj, args: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def _check_policy_stats_reward(recipe: Recipe, path: str, name: str, fail) -> None:
+    """A reward that reads the rollout policy's log-probs (EM-RL's ``neg_entropy``) scores GRPO rollouts only: not
+    the greedy evaluation, ReMax's greedy baseline or an objective strategy's held-out evaluation, which have no
+    rollout policy statistics."""
+    what = f"{name} reads the rollout policy's log-probs (EM-RL), so it can only score GRPO training rollouts"
+    if path == "eval.reward":
+        fail(path, f"{what}, not the evaluation; use a task reward here (e.g. math_answer)")
+    if recipe.algorithm != "grpo":
+        fail(path, f"{what}; algorithm '{recipe.algorithm}' has none")
+    if path == "rewards.0" and recipe.eval.reward is None and recipe.eval.enabled and recipe.data.eval is not None:
+        fail("eval.reward", f"the evaluation scores with rewards.0 by default, and {what}; set eval.reward "
+                            f"(e.g. {{name: math_answer}}) or eval.enabled=false")
+    advantage = getattr(recipe.advantage, "name", None) if recipe.advantage is not None else None
+    if advantage == "remax":
+        fail(path, f"{what}, not ReMax's greedy baseline (advantage: remax); use grpo or rloo")
+    objective = getattr(recipe.weighting.objectives, "name", None) if recipe.weighting.objectives else None
+    if objective == "hypervolume":
+        fail(path, f"{what}, not the held-out greedy evaluation of weighting.objectives 'hypervolume'")
+
+
 def _check_names(recipe: Recipe, source: str, warnings_out: List[str]) -> None:
     """Registered names (rewards, datasets, strategies) and their arguments, without loading any model."""
     from posttrain.data import DATASETS
@@ -400,6 +420,8 @@ def _check_names(recipe: Recipe, source: str, warnings_out: List[str]) -> None:
             fail(f"{path}.args", exc)
         if path.startswith("rewards."):
             reward_names.append(getattr(fn, "__name__", spec.name))
+        if getattr(fn, "needs_policy_stats", False):
+            _check_policy_stats_reward(recipe, path, spec.name, fail)
     train = recipe.data.train
     datasets = ([(f"data.train.mixture.{i}", e) for i, e in enumerate(train.mixture)] if hasattr(train, "mixture")
                 else [("data.train", train)])
