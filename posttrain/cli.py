@@ -96,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", "--batch_size", type=int, default=8)
     g.add_argument("--seed", type=int, default=None, help="default: the recipe's seed, else 0")
     g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--em-inf", "--em_inf", default=None, metavar="SETTINGS",
+                   help="EM-INF decoding (arXiv 2505.15134): 'recipe' (the recipe's eval.em_inf), 'default' (the "
+                   "official math-script settings) or a YAML mapping of eval.em_inf keys, e.g. "
+                   "'{mode: logits, n_grad_steps: 5}'; --temperature / --greedy then apply after the adjustment")
     g.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
@@ -300,7 +304,8 @@ def _eval_or_generate_text(args) -> str:
     rows = inference.generate_replies(target, prompts, samples=args.samples, greedy=args.greedy,
                                       temperature=args.temperature, top_p=args.top_p,
                                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                      threads=args.threads, seed=args.seed)
+                                      threads=args.threads, seed=args.seed,
+                                      em_inf=inference.em_inf_settings(args.em_inf, target.recipe))
     return inference.to_json(rows) if args.json else inference.format_generations(rows)
 
 

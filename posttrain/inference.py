@@ -355,12 +355,43 @@ def read_prompt_file(path: str) -> List[Any]:
     return list(_file_dataset(path)["prompt"])
 
 
+def em_inf_settings(value: Optional[str], recipe=None):
+    """``generate --em-inf``: ``None`` (off), ``recipe`` (the recipe's ``eval.em_inf``), ``default`` (the section's
+    defaults) or a YAML mapping of ``eval.em_inf`` keys; a bad key or value is one line naming it."""
+    import yaml
+    from pydantic import ValidationError
+
+    from posttrain.recipes.schema import EmInfSection
+    from posttrain.weighting.protocol import format_validation_error
+
+    if value is None:
+        return None
+    if value == "recipe":
+        if recipe is None or recipe.eval.em_inf is None:
+            raise UserError("--em-inf recipe: the recipe has no eval.em_inf section (give 'default' or a mapping)")
+        return recipe.eval.em_inf
+    if value == "default":
+        return EmInfSection()
+    try:
+        data = yaml.safe_load(value)
+    except yaml.YAMLError:
+        data = None
+    if not isinstance(data, dict):
+        raise UserError(f"--em-inf: expected 'recipe', 'default' or a mapping such as '{{mode: logits}}', got {value!r}")
+    try:
+        return EmInfSection(**data)
+    except ValidationError as exc:
+        raise UserError(f"--em-inf.{format_validation_error(exc)}") from None
+
+
 def generate_replies(target: Target, prompts: List[Any], *, samples: int = 1, greedy: bool = False,
                      temperature: Optional[float] = None, top_p: Optional[float] = None,
                      max_new_tokens: Optional[int] = None, batch_size: int = 8, threads: Optional[int] = None,
-                     seed: Optional[int] = None) -> List[Dict[str, Any]]:
+                     seed: Optional[int] = None, em_inf: Any = None) -> List[Dict[str, Any]]:
     """``[{"prompt", "rendered", "replies": [...]}]``: ``samples`` replies per prompt (greedy: one), rendered with
-    :func:`posttrain.data.render_prompt` (chat template; a final assistant message is a pre-fill continued)."""
+    :func:`posttrain.data.render_prompt` (chat template; a final assistant message is a pre-fill continued).
+    ``em_inf`` (an ``eval.em_inf`` section): EM-INF decoding (:mod:`posttrain.em_inf`): the logit adjustment, then
+    ``temperature`` (default: the section's) sampling, or the argmax with ``greedy``."""
     import torch
     from transformers import set_seed
 
@@ -371,12 +402,21 @@ def generate_replies(target: Target, prompts: List[Any], *, samples: int = 1, gr
     set_seed(seed if seed is not None else (recipe.seed if recipe is not None else 0))
     model, tok = _load(target.model, recipe)
     train = recipe.train if recipe is not None else {}
+    explicit_temperature = temperature is not None
     temperature = temperature if temperature is not None else float(train.get("temperature", DEFAULT_TEMPERATURE))
     top_p = top_p if top_p is not None else float(train.get("top_p", DEFAULT_TOP_P))
     if max_new_tokens is None:
         max_new_tokens = int(train.get("max_completion_length", 64)) if recipe is not None else 64
     if greedy:
         samples = 1
+    if em_inf is not None:
+        from posttrain.em_inf import em_inf_generate_kwargs
+
+        # the decoding temperature after the adjustment: greedy -> 0 (argmax), else --temperature or the section's
+        t = 0.0 if greedy else (temperature if explicit_temperature else em_inf.temperature)
+        em_inf_decoding = em_inf.model_copy(update={"temperature": float(t)})
+        if t == 0:
+            samples = 1
     tok.padding_side = "left"
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rendered = [render_prompt(p, tok) for p in prompts]
@@ -387,6 +427,8 @@ def generate_replies(target: Target, prompts: List[Any], *, samples: int = 1, gr
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             kw = dict(do_sample=False, temperature=None, top_p=None, top_k=None) if greedy else dict(
                 do_sample=True, temperature=temperature, top_p=top_p, top_k=0, num_return_sequences=samples)
+            if em_inf is not None:
+                kw = dict(em_inf_generate_kwargs(em_inf_decoding), num_return_sequences=samples)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id,
                                  **kw)
             gen = gen[:, enc["input_ids"].shape[1]:]

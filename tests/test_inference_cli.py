@@ -221,3 +221,33 @@ def test_json_stdout_is_only_json(capsys, monkeypatch):
     assert code == 0 and json.loads(out)["target"] == "recipe" and "generated 4 x 2" in err
     code, out, err = _cli(capsys, "eval", "tiny_dpo")
     assert out.startswith("[posttrain] generated") and "generated" not in err
+
+
+def test_generate_with_em_inf_runs_the_adjustment_every_step(capsys, monkeypatch):
+    from posttrain.em_inf import EmInfLogitsProcessor
+
+    calls = []
+    real = EmInfLogitsProcessor.__call__
+    monkeypatch.setattr(EmInfLogitsProcessor, "__call__", lambda self, ids, scores: calls.append(
+        (self.settings.mode, self.settings.n_grad_steps)) or real(self, ids, scores))
+    code, out, err = _cli(capsys, "generate", "tiny_grpo", "What is 2+3?", "--json", "--max-new-tokens", "3",
+                          "--samples", "2", "--em-inf", "{mode: logits, n_grad_steps: 5}")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert len(row["replies"]) == 2 and 1 <= len(calls) <= 3 and set(calls) == {("logits", 5)}
+    calls.clear()
+    code, out, err = _cli(capsys, "generate", "tiny_grpo", "What is 2+3?", "--json", "--max-new-tokens", "3",
+                          "--greedy", "--em-inf", "default")
+    assert code == 0 and len(json.loads(out)[0]["replies"]) == 1 and calls, err
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("{n_grad_steps: 0}", "--em-inf.n_grad_steps: Input should be greater than or equal to 1"),
+    ("{mode: beam}", "--em-inf.mode: Input should be 'logits' or 'adaptive_temperature'"),
+    ("{steps: 3}", "--em-inf.steps: unknown argument"),
+    ("fast", "--em-inf: expected 'recipe', 'default' or a mapping"),
+    ("recipe", "--em-inf recipe: the recipe has no eval.em_inf section"),
+])
+def test_generate_em_inf_errors_are_one_line(capsys, value, expected):
+    code, out, err = _cli(capsys, "generate", "tiny_grpo", "hi", "--em-inf", value)
+    assert code == 2 and err.count("\n") == 1 and expected in err, err
