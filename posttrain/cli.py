@@ -299,7 +299,9 @@ def _eval_or_generate_text(args) -> str:
         if recipe is None or recipe.data.eval is None:
             raise UserError("generate: no prompts given (and no recipe with data.eval to take them from); pass "
                             "PROMPT ..., --file FILE or --recipe RECIPE")
-        ds = inference._dataset(recipe.data.eval.name, dict(recipe.data.eval.args), "data.eval")
+        from posttrain.pipelines.checks import build_eval_dataset
+
+        ds = build_eval_dataset(recipe.data.eval)
         prompts = list(ds["prompt"])[: args.from_eval or 5]
     rows = inference.generate_replies(target, prompts, samples=args.samples, greedy=args.greedy,
                                       temperature=args.temperature, top_p=args.top_p,

@@ -272,7 +272,9 @@ def run_eval(target: Target, *, data: Optional[str] = None, n: Optional[int] = N
     if file_ds is not None and not _is_pairs(file_ds):
         prompt_ds, source = file_ds, data
     elif file_ds is None and recipe.data.eval is not None:
-        prompt_ds, source = _dataset(recipe.data.eval.name, dict(recipe.data.eval.args), "data.eval"), "data.eval"
+        from posttrain.pipelines.checks import build_eval_dataset
+
+        prompt_ds, source = build_eval_dataset(recipe.data.eval), "data.eval"
     if prompt_ds is not None:
         scorer, scorer_name = _scorer(recipe, tok)
         if scorer is None:
@@ -316,6 +318,9 @@ def format_eval(res: Dict[str, Any]) -> str:
         lines += ["", f"held-out prompts ({p['source']}, {p.get('decoding', 'greedy')}, scored by {p['reward']})",
                   f"  n {p['n']}   accuracy {f(p['accuracy'])}   mean score {f(p['mean_score'])}   "
                   f"truncated {f(p['truncated_fraction'])}   {p['seconds']:.1f} s"]
+        for d, m in (p.get("by_domain") or {}).items():
+            lines.append(f"  {d}: n {m['n']}   accuracy {f(m['accuracy'])}   mean score {f(m['mean_score'])}   "
+                         f"truncated {f(m['truncated_fraction'])}")
         for ex in p["examples"]:
             lines.append(f"  [{f(ex['score'], 2)}] {_one_line(ex['prompt'], 90)} -> {_one_line(ex['completion'], 50)}")
     if "pairs" in res:

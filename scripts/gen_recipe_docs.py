@@ -85,6 +85,7 @@ def render() -> str:
         (schema.Recipe, "top level"), (schema.ModelSection, "model"), (schema.LoraSection, "model.lora"),
         (schema.DataSection, "data"), (schema.DatasetSpec, "data.train / data.eval"),
         (schema.MixtureSpec, "data.train (a mixture)"), (schema.MixtureEntry, "data.train.mixture[]"),
+        (schema.EvalMixtureSpec, "data.eval (a mixture)"), (schema.EvalMixtureEntry, "data.eval.mixture[]"),
         (schema.RewardSpec, "rewards[]"), (schema.WeightingSection, "weighting"),
         (schema.RewardModelSection, "reward_model"),
         (schema.RolloutSection, "rollout"),

@@ -7,6 +7,9 @@ Per-item greedy scores are read, in this order, from
 2. ``summary.json`` -> ``eval.after.item_scores``: a list of floats in data order (what
    ``posttrain.evaluation.evaluate`` returns once it adds ``"item_scores": scores`` to its result);
 
+each item's domain comes from the rows' ``domain`` (1) or ``eval.after.item_domains`` (2; a held-out set with
+domains, ``data.eval: {mixture: [...]}``), and gives the per-domain metrics ``<metric>/<domain>``;
+
 and are absent otherwise (the harness then uses the paired t over seeds). Nothing here trains.
 
 ``python -m posttrain.compare.items RUN_DIR --k K [--samples N] [--temperature T] [--seed S]`` samples N replies per
@@ -40,7 +43,8 @@ def read_item_scores(run_dir: Path, threshold: float = 1.0) -> Optional[Dict[str
         score = np.array([np.nan if r.get("score") is None else float(r["score"]) for r in rows])
         correct = np.array([float(bool(r["correct"])) if "correct" in r else
                             float(np.isfinite(s) and s >= threshold) for r, s in zip(rows, score)])
-        out = {"ids": [r.get("id") for r in rows], "score": score, "correct": correct, "source": path.name}
+        out = {"ids": [r.get("id") for r in rows], "score": score, "correct": correct, "source": path.name,
+               "domains": [str(r["domain"]) for r in rows] if rows and all("domain" in r for r in rows) else None}
         if rows and all("truncated" in r for r in rows):
             out["truncated"] = np.array([float(bool(r["truncated"])) for r in rows])
         return out
@@ -52,8 +56,22 @@ def read_item_scores(run_dir: Path, threshold: float = 1.0) -> Optional[Dict[str
             score = np.array([np.nan if s is None else float(s) for s in scores])
             with np.errstate(invalid="ignore"):
                 correct = np.where(np.isfinite(score), score >= threshold, False).astype(float)
-            return {"ids": None, "score": score, "correct": correct, "source": "summary.json eval.after.item_scores"}
+            domains = after.get("item_domains")
+            return {"ids": None, "score": score, "correct": correct, "source": "summary.json eval.after.item_scores",
+                    "domains": [str(d) for d in domains] if isinstance(domains, list)
+                    and len(domains) == len(scores) else None}
     return None
+
+
+def items_by_domain(items: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The per-item arrays of ``items`` (``read_item_scores``) split by the items' domains (``{}`` without them),
+    domains in order of first appearance: ``{domain: {"score", "correct", ["truncated"]}}``."""
+    domains = items.get("domains")
+    if not domains:
+        return {}
+    labels = np.asarray(domains, dtype=object)
+    keys = [k for k in ("score", "correct", "truncated") if k in items]
+    return {d: {k: items[k][labels == d] for k in keys} for d in dict.fromkeys(domains)}
 
 
 def item_metric_values(items: Dict[str, Any], metric: str) -> Optional[np.ndarray]:
@@ -89,7 +107,8 @@ def sample_pass_at_k(run_dir: Path, *, k: int, samples: int, temperature: float,
     from posttrain.evaluation import score_replies
     from posttrain.models import load_model_and_tokenizer
     from posttrain.recipes.schema import Recipe
-    from posttrain.run import build_dataset, build_rewards
+    from posttrain.pipelines.checks import build_eval_dataset
+    from posttrain.run import build_rewards
 
     run_dir = Path(run_dir)
     recipe = Recipe.model_validate(yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text()))
@@ -99,7 +118,7 @@ def sample_pass_at_k(run_dir: Path, *, k: int, samples: int, temperature: float,
         torch.set_num_threads(recipe.model.threads)
     model, tok = load_model_and_tokenizer(str(run_dir / "model"), dtype=getattr(torch, recipe.model.dtype))
     model.eval()
-    ds = build_dataset(recipe.data.eval, "data.eval")
+    ds = build_eval_dataset(recipe.data.eval)
     spec = recipe.eval.reward or recipe.rewards[0]
     scorer = build_rewards([spec], "eval.reward", tok)[0]
     prompts = list(ds["prompt"])
@@ -144,10 +163,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=None)
     a = p.parse_args(argv)
+    from posttrain.errors import UserError
+
     try:
         sample_pass_at_k(Path(a.run_dir), k=a.k, samples=a.samples or a.k, temperature=a.temperature, seed=a.seed,
                          max_new_tokens=a.max_new_tokens)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, UserError) as exc:
         print(f"posttrain compare: pass@k: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     return 0

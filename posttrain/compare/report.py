@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from posttrain.compare import stats
-from posttrain.compare.items import item_metric_values, read_item_scores, read_pass_at_k
-from posttrain.compare.spec import EVAL_METRICS, Plan, PlannedRun
+from posttrain.compare.items import item_metric_values, items_by_domain, read_item_scores, read_pass_at_k
+from posttrain.compare.spec import EVAL_METRICS, Plan, PlannedRun, is_domain_metric
 
 OK = ("ok", "reused")
 
@@ -48,21 +48,20 @@ def collect_run(plan: Plan, run: PlannedRun) -> Dict[str, Any]:
         return r
     s = json.loads((run.out / "summary.json").read_text())
     after, before = s["eval"].get("after") or {}, s["eval"].get("before") or {}
-    for m in EVAL_METRICS:
-        if isinstance(after.get(m), (int, float)):
-            r["metrics"][m] = float(after[m])
-        if isinstance(before.get(m), (int, float)):
-            r["before"][m] = float(before[m])
+    for target, ev in ((r["metrics"], after), (r["before"], before)):
+        _eval_metrics(target, ev)
     r["n_items"] = after.get("n")
     thr = (run.resolved.get("eval") or {}).get("success_threshold", 1.0)
     items = read_item_scores(run.out, thr)
     if items is not None:
         r["item_source"] = items["source"]
         r["item_ids"] = items["ids"]
-        for m in EVAL_METRICS:
-            v = item_metric_values(items, m)
-            if v is not None:
-                r["items"][m] = v
+        parts = [("", items)] + [(f"/{d}", sub) for d, sub in items_by_domain(items).items()]
+        for suffix, part in parts:
+            for m in EVAL_METRICS:
+                v = item_metric_values(part, m)
+                if v is not None:
+                    r["items"][m + suffix] = v
     pk = spec.pass_at_k
     if pk is not None:
         got = read_pass_at_k(run.out, pk.k, pk.n, pk.temperature)
@@ -85,6 +84,25 @@ def collect_run(plan: Plan, run: PlannedRun) -> Dict[str, Any]:
     return r
 
 
+def _eval_metrics(target: Dict[str, float], ev: Dict[str, Any]) -> None:
+    """The overall eval metrics of one evaluation, and ``<metric>/<domain>`` of each of its ``by_domain`` entries."""
+    for suffix, part in [("", ev)] + [(f"/{d}", m) for d, m in (ev.get("by_domain") or {}).items()]:
+        for m in EVAL_METRICS:
+            v = part.get(m)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                target[m + suffix] = float(v)
+
+
+def _with_domain_metrics(metrics: List[str], collected: List[Dict]) -> List[str]:
+    """``metrics`` plus the per-domain form ``<metric>/<domain>`` of each of its eval metrics for every domain the
+    runs report (domains in order of first appearance), each right after the overall metrics."""
+    found = list(dict.fromkeys(m for r in collected for m in r["metrics"] if is_domain_metric(m)))
+    extra = [m for m in found if m.split("/", 1)[0] in metrics and m not in metrics]
+    extra.sort(key=lambda m: EVAL_METRICS.index(m.split("/", 1)[0]))   # stable: domains keep their order
+    last = max((i for i, m in enumerate(metrics) if m in EVAL_METRICS or is_domain_metric(m)), default=len(metrics) - 1)
+    return metrics[:last + 1] + extra + metrics[last + 1:]
+
+
 # --------------------------------------------------------------------------------------------------- analyse
 def _item_matrix(runs: List[Dict], metric: str) -> Optional[np.ndarray]:
     """[seeds, items] per-item values of ``metric`` when every run has them for the same items, else None."""
@@ -99,7 +117,7 @@ def _item_matrix(runs: List[Dict], metric: str) -> Optional[np.ndarray]:
 
 def analyse(plan: Plan, collected: List[Dict]) -> Dict[str, Any]:
     spec = plan.spec
-    metrics = spec.reported_metrics()
+    metrics = _with_domain_metrics(spec.reported_metrics(), collected)
     by_arm = {a.name: [r for r in collected if r["arm"] == a.name] for a in spec.arms}
     B = spec.bootstrap_resamples
     arms: Dict[str, Any] = {}
@@ -124,10 +142,8 @@ def analyse(plan: Plan, collected: List[Dict]) -> Dict[str, Any]:
                 res["n_seeds"] = res.pop("n")
             res["per_seed"] = {r["seed"]: r["metrics"][m] for r in have}
             entry["metrics"][m] = res
-        for m in EVAL_METRICS:
-            b = [r["before"][m] for r in ok if m in r["before"]]
-            if b:
-                entry["before"][m] = float(np.mean(b))
+        for m in dict.fromkeys(k for r in ok for k in r["before"]):
+            entry["before"][m] = float(np.mean([r["before"][m] for r in ok if m in r["before"]]))
         sps = [r["s_per_step"] for r in ok if r.get("s_per_step")]
         mem = [r["peak_rss_mb"] for r in ok if r.get("peak_rss_mb")]
         entry["cost"] = {"s_per_step": float(np.mean(sps)) if sps else None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
@@ -62,6 +63,13 @@ class Arm(_Strict):
     description: str = Field("", description="Shown in the report.")
 
 
+def is_domain_metric(metric: str) -> bool:
+    """``<eval metric>/<domain>``: an eval metric of one held-out domain (``summary.json`` ``eval.after.by_domain``;
+    a ``data.eval: {mixture: [...]}``)."""
+    base, sep, domain = metric.partition("/")
+    return bool(sep) and base in EVAL_METRICS and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", domain) is not None
+
+
 class Spec(_Strict):
     name: str = Field(..., pattern=NAME, description="Comparison name (report file stem, default runs dir).")
     description: str = Field("", description="One paragraph shown at the top of the report.")
@@ -75,9 +83,11 @@ class Spec(_Strict):
                                     "to the current directory.")
     out_dir: Optional[str] = Field(None, description="Where the report goes (default: runs_dir).")
     report_name: Optional[str] = Field(None, pattern=NAME, description="Report file stem (default: name).")
-    primary_metric: str = Field("accuracy", description="The metric of the headline sentences and the plot.")
+    primary_metric: str = Field("accuracy", description="The metric of the headline sentences and the plot; "
+                                "<metric>/<domain> (e.g. accuracy/add) for one domain of a data.eval mixture.")
     metrics: Optional[List[str]] = Field(None, description="Eval metrics to report (default: accuracy, "
-                                         "mean_score, truncated_fraction).")
+                                         "mean_score, truncated_fraction); their per-domain forms <metric>/<domain> "
+                                         "are added for every domain the runs' evaluations report.")
     window_metrics: List[str] = Field(default_factory=lambda: ["entropy"], description="metrics.jsonl keys "
                                       "summarised over a window (<key>_tail_mean, <key>_auc).")
     window_fraction: float = Field(0.2, gt=0.0, le=1.0, description="Tail window: the last fraction of the "
@@ -116,7 +126,7 @@ class Spec(_Strict):
         known = self.known_metrics()
         for key, vals in (("primary_metric", [self.primary_metric]), ("metrics", self.metrics or [])):
             for m in vals:
-                if m not in known:
+                if m not in known and not is_domain_metric(m):
                     raise ValueError(f"{key}: unknown metric '{m}' (known: {', '.join(known)})")
         return self
 

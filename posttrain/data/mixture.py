@@ -28,9 +28,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DomainOptions", "DomainSampler", "concat_domains", "split_domain_spec", "DOMAIN_COLUMN"]
+__all__ = ["DomainOptions", "DomainSampler", "concat_domains", "split_domain_spec", "DOMAIN_COLUMN",
+           "EVAL_DOMAIN_COLUMN"]
 
 DOMAIN_COLUMN = "domain_id"
+#: a held-out row's domain name (``data.eval: {mixture: [...]}`` sets it; ``posttrain.evaluation.evaluate`` reports
+#: ``by_domain`` from it)
+EVAL_DOMAIN_COLUMN = "domain"
 _KEEP_SNAPSHOTS = 16
 
 
@@ -59,21 +63,24 @@ def split_domain_spec(spec: Any) -> Tuple[Dict[str, Any], DomainOptions]:
         raise ValueError(format_validation_error(exc)) from None
 
 
-def concat_domains(datasets: Sequence[Any], where: str = "data.train.mixture"):
-    """One ``datasets.Dataset`` of the domains' rows (in order) with a ``domain_id`` column; the datasets must have
-    the same columns (``ValueError`` naming the first entry that differs)."""
+def concat_domains(datasets: Sequence[Any], where: str = "data.train.mixture", *, column: str = DOMAIN_COLUMN,
+                   labels: Optional[Sequence[Any]] = None, purpose: str = "trained"):
+    """One ``datasets.Dataset`` of the domains' rows (in order) with a ``column`` holding each row's domain label
+    (``labels[d]``, default the index ``d``: the training mixture's ``domain_id``); the datasets must have the same
+    columns and none may have ``column`` (``ValueError`` naming the first entry that differs)."""
     import datasets as hf
 
     first = set(datasets[0].column_names)
-    for i, ds in enumerate(datasets[1:], start=1):
-        if set(ds.column_names) != first:
+    for i, ds in enumerate(datasets):
+        if i and set(ds.column_names) != first:
             raise ValueError(f"{where}.{i}: columns {sorted(ds.column_names)} differ from {where}.0's "
-                             f"{sorted(first)} (the domains are trained as one dataset)")
-        if DOMAIN_COLUMN in ds.column_names:
-            raise ValueError(f"{where}.{i}: the dataset has a '{DOMAIN_COLUMN}' column, which the mixture sets")
+                             f"{sorted(first)} (the domains are {purpose} as one dataset)")
+        if column in ds.column_names:
+            raise ValueError(f"{where}.{i}: the dataset has a '{column}' column, which the mixture sets")
     parts = [ds.cast(datasets[0].features) if ds.features != datasets[0].features else ds for ds in datasets]
-    ids = [d for d, ds in enumerate(parts) for _ in range(len(ds))]
-    return hf.concatenate_datasets(list(parts)).add_column(DOMAIN_COLUMN, ids)
+    labels = list(range(len(parts))) if labels is None else list(labels)
+    ids = [labels[d] for d, ds in enumerate(parts) for _ in range(len(ds))]
+    return hf.concatenate_datasets(list(parts)).add_column(column, ids)
 
 
 def _perm_seed(seed: int, domain: int, epoch: int) -> int:

@@ -75,6 +75,38 @@ def build_dataset(spec, where: str):
     return ds
 
 
+def build_domain(entry, where: str):
+    """A mixture entry's dataset (``data.train.mixture.<i>`` / ``data.eval.mixture.<i>``); an empty one is one
+    line naming the entry and its domain."""
+    try:
+        return build_dataset(entry, where)
+    except UserError as exc:
+        if "returned no rows" in str(exc):
+            raise UserError(f"{where}: domain '{entry.domain}' is empty (its dataset has no rows)") from None
+        raise
+
+
+def build_eval_dataset(spec, where: str = "data.eval"):
+    """``data.eval``: one dataset, or a ``{mixture: [...]}`` of held-out domains concatenated (in order) with a
+    ``domain`` column holding each row's domain name. Every part needs a ``prompt`` column."""
+    hint = " (evaluation generates from the 'prompt' column)"
+    if not hasattr(spec, "mixture"):
+        ds = build_dataset(spec, where)
+        check_columns(ds, where, ["prompt"], hint)
+        return ds
+    from posttrain.data.mixture import EVAL_DOMAIN_COLUMN, concat_domains
+
+    parts = []
+    for i, entry in enumerate(spec.mixture):
+        parts.append(build_domain(entry, f"{where}.mixture.{i}"))
+        check_columns(parts[-1], f"{where}.mixture.{i}", ["prompt"], hint)
+    try:
+        return concat_domains(parts, f"{where}.mixture", column=EVAL_DOMAIN_COLUMN,
+                              labels=[e.domain for e in spec.mixture], purpose="evaluated")
+    except ValueError as exc:
+        raise UserError(_first_line(exc)) from None
+
+
 def check_columns(ds, where: str, needed, hint: str = "") -> None:
     cols = list(ds.column_names or ())
     missing = [c for c in needed if c not in cols]
@@ -257,12 +289,7 @@ def check_run(recipe, *, out: Optional[Path] = None, standalone: bool = False) -
         parts = []
         for i, entry in enumerate(mixture):
             where = f"data.train.mixture.{i}"
-            try:
-                parts.append(build_dataset(entry, where))
-            except UserError as exc:
-                if "returned no rows" in str(exc):
-                    raise UserError(f"{where}: domain '{entry.domain}' is empty (its dataset has no rows)") from None
-                raise
+            parts.append(build_domain(entry, where))
             check_train(parts[-1], where)
         try:
             train_ds = concat_domains(parts)
@@ -284,8 +311,7 @@ def check_run(recipe, *, out: Optional[Path] = None, standalone: bool = False) -
         check_demonstrations(train_ds, recipe.relift.demonstration_column)
     eval_ds = None
     if recipe.data.eval is not None:
-        eval_ds = build_dataset(recipe.data.eval, "data.eval")
-        check_columns(eval_ds, "data.eval", ["prompt"], " (evaluation generates from the 'prompt' column)")
+        eval_ds = build_eval_dataset(recipe.data.eval)
     if (dpo or sft) and eval_ds is not None and recipe.eval.enabled and recipe.eval.reward is None \
             and not recipe.rewards:
         raise UserError(f"eval.reward: {'SFT' if sft else 'DPO'} evaluation needs a scoring reward (eval.reward or "
@@ -315,5 +341,6 @@ def check_run(recipe, *, out: Optional[Path] = None, standalone: bool = False) -
     return Checked(train_ds=train_ds, eval_ds=eval_ds, domains=domains, heldout_ds=heldout_ds)
 
 
-__all__ = ["Checked", "PAIR_COLUMNS", "build_dataset", "check_columns", "check_model_name", "check_pairs",
+__all__ = ["Checked", "PAIR_COLUMNS", "build_dataset", "build_domain", "build_eval_dataset",
+           "check_columns", "check_model_name", "check_pairs",
            "check_demonstrations", "check_report_to", "check_run", "check_sft_data", "check_weight_column", "sft_format"]

@@ -298,7 +298,7 @@ def _train(pipeline: Pipeline, recipe, out: Path, checked, *, recipe_path, overr
     from transformers import set_seed
 
     from posttrain.debug import debug_callbacks
-    from posttrain.evaluation import evaluate
+    from posttrain.evaluation import describe_domains, evaluate
     from posttrain.trainers import JsonlMetricsCallback
 
     ckpt = resume_checkpoint(out) if resume else None
@@ -322,7 +322,8 @@ def _train(pipeline: Pipeline, recipe, out: Path, checked, *, recipe_path, overr
     if ctx.scorer is not None and recipe.eval.before and is_main():
         summary["eval"]["before"] = evaluate(ctx.model, ctx.tokenizer, ctx.eval_ds, ctx.scorer, desc="eval before",
                                              **ev_kw)
-        print(f"[posttrain] eval before: {pipeline.describe(summary['eval']['before'])}", flush=True)
+        before = summary["eval"]["before"]
+        print(f"[posttrain] eval before: {pipeline.describe(before)}{describe_domains(before)}", flush=True)
 
     metrics_path = prepare_metrics_file(out, resume, ckpt)
     trainer = pipeline.make_trainer(ctx, args, [JsonlMetricsCallback(metrics_path), *debug_callbacks()])
@@ -335,7 +336,8 @@ def _train(pipeline: Pipeline, recipe, out: Path, checked, *, recipe_path, overr
     pipeline.after_train(ctx, trainer)
 
     def describe_after(after, before):
-        return pipeline.describe(after) + (f"; before {pipeline.describe_before(before)}" if before else "")
+        return (pipeline.describe(after) + describe_domains(after)
+                + (f"; before {pipeline.describe_before(before)}" if before else ""))
 
     return finish_run(trainer, ctx.tokenizer, recipe, out, summary, t_start=t_start, metrics_path=metrics_path,
                       scorer=ctx.scorer, eval_ds=ctx.eval_ds, ev_kw=ev_kw, describe_after=describe_after)

@@ -221,6 +221,7 @@ def _check_algorithm_sections(recipe: Recipe, source: str) -> None:
                 raise RecipeError(f"{source}: weighting.{key}: not used by algorithm '{recipe.algorithm}' "
                                   f"({takes})")
     _check_mixture(recipe, source)
+    _check_eval_mixture(recipe, source)
     if recipe.algorithm == "reward_model+dpo" and recipe.reward_model.source == "train":
         from trl import RewardConfig
 
@@ -279,6 +280,17 @@ def _check_mixture(recipe: Recipe, source: str) -> None:
         if spec.get("sharded_gradients"):
             fail("weighting.domains.0.sharded_gradients", "the trainer's gradient services return full gradients "
                                                           "(summed over processes); set it to false")
+
+
+def _check_eval_mixture(recipe: Recipe, source: str) -> None:
+    """``data.eval: {mixture: [...]}``: each domain once (they key ``by_domain``)."""
+    mixture = getattr(recipe.data.eval, "mixture", None) or []
+    seen: Dict[str, int] = {}
+    for i, entry in enumerate(mixture):
+        if entry.domain in seen:
+            raise RecipeError(f"{source}: data.eval.mixture.{i}.domain: domain '{entry.domain}' is also "
+                              f"data.eval.mixture.{seen[entry.domain]}'s; each domain once")
+        seen[entry.domain] = i
 
 
 # The loss types TRL 1.16's DPOTrainer._compute_loss dispatches on; DPOConfig itself accepts any string and the
@@ -425,7 +437,10 @@ def _check_names(recipe: Recipe, source: str, warnings_out: List[str]) -> None:
     train = recipe.data.train
     datasets = ([(f"data.train.mixture.{i}", e) for i, e in enumerate(train.mixture)] if hasattr(train, "mixture")
                 else [("data.train", train)])
-    datasets += [(f"data.{key}", spec) for key in ("eval", "heldout") if (spec := getattr(recipe.data, key))]
+    ev = recipe.data.eval
+    datasets += ([(f"data.eval.mixture.{i}", e) for i, e in enumerate(ev.mixture)] if hasattr(ev, "mixture")
+                 else [("data.eval", ev)] if ev is not None else [])
+    datasets += [("data.heldout", recipe.data.heldout)] if recipe.data.heldout is not None else []
     for path, spec in datasets:
         builder = resolve(f"{path}.name", DATASETS.get, spec.name)
         problem = _unknown_args(builder, spec.args)

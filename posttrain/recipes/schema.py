@@ -71,20 +71,47 @@ class MixtureSpec(_Strict):
 
 
 def _dataset_or_mixture(value: Any) -> str:
-    has = isinstance(value, dict) and "mixture" in value or isinstance(value, MixtureSpec)
+    has = isinstance(value, dict) and "mixture" in value or isinstance(value, (MixtureSpec, EvalMixtureSpec))
     return "<mixture>" if has else "<dataset>"
+
+
+class EvalMixtureEntry(DatasetSpec):
+    """One held-out domain: a dataset spec plus its domain name (no weight: every row is evaluated).
+
+    A ``weight`` is refused (unknown key): an evaluation mixture is not sampled."""
+
+    domain: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                        description="Domain name (letters, digits, '.', '_', '-'; names summary.json's "
+                        "eval.<before|after>.by_domain.<name> and the comparison metrics <metric>/<name>); "
+                        "each domain once.")
+
+
+class EvalMixtureSpec(_Strict):
+    """``data.eval: {mixture: [...]}``: held-out domains, scored over all rows and per domain (``by_domain``).
+
+    The overall metrics are those of the concatenated rows, exactly as for one dataset (docs/domains.md)."""
+
+    mixture: List[EvalMixtureEntry] = Field(..., min_length=1, description="The domains' held-out datasets; "
+                                            "evaluated as one dataset with a 'domain' column.")
 
 
 #: ``data.train``: one dataset, or a mixture of domains (the tags are dropped from error key paths).
 TrainData = Annotated[Union[Annotated[DatasetSpec, Tag("<dataset>")], Annotated[MixtureSpec, Tag("<mixture>")]],
                       Discriminator(_dataset_or_mixture)]
 
+#: ``data.eval``: one dataset, or several held-out domains.
+EvalData = Annotated[Union[Annotated[DatasetSpec, Tag("<dataset>")], Annotated[EvalMixtureSpec, Tag("<mixture>")]],
+                     Discriminator(_dataset_or_mixture)]
+
 
 class DataSection(_Strict):
     train: TrainData = Field(..., description="Training prompts (GRPO), pairs (DPO) or demonstrations (SFT: "
                              "prompt/completion, messages or text columns, e.g. arithmetic_sft); or, for SFT and "
                              "GRPO, {mixture: [{name, args, domain, weight}, ...]}: several datasets as domains.")
-    eval: Optional[DatasetSpec] = Field(None, description="Held-out prompts for before/after evaluation.")
+    eval: Optional[EvalData] = Field(None, description="Held-out prompts for before/after evaluation; or "
+                                     "{mixture: [{name, args, domain}, ...]}: several held-out domains, scored "
+                                     "overall and per domain (by_domain). A single dataset with a 'domain' column "
+                                     "is scored per domain too.")
     heldout: Optional[DatasetSpec] = Field(
         None, description="Held-out set of a domain strategy that needs one (influence, bilevel): its gradient "
         "and loss (SFT: token-mean NLL of its completions; GRPO: NLL of its reference answers, column 'answer' or "
