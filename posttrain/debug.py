@@ -4,6 +4,11 @@
 ({parameter name: full fp32 tensor}) at the start and the end of training.  ZeRO-3 shards are gathered first, so
 the files hold what each rank would use for a forward pass.  Tests use them to check that the replicas agree,
 that training moved the weights, and that the saved model is the trained one.
+
+``POSTTRAIN_DEBUG_DOMAIN_DUMP=DIR`` (a data mixture): every rank writes ``DIR/domains_rank{R}.json`` at the end of
+training: the units its domain sampler drew (``unit``, ``domains``, ``weights``) and, per training batch, the
+domain ids of its own rows and the weights in use (``posttrain.trainers.domains``); the multi-process test checks
+that the ranks draw one stream and take disjoint slices of it.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 DUMP_ENV = "POSTTRAIN_DEBUG_PARAM_DUMP"
+DOMAIN_DUMP_ENV = "POSTTRAIN_DEBUG_DOMAIN_DUMP"
 
 
 def debug_callbacks() -> list:

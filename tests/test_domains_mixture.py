@@ -216,8 +216,9 @@ def test_empty_domain_and_bad_heldout_are_one_line(tmp_path):
         check_run(r, out=tmp_path / "x", standalone=True)
 
 
-def _cli(*args, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+def _cli(*args, timeout=600, extra_path=None):
+    paths = [str(ROOT), str(ROOT / "tests")] + ([str(extra_path)] if extra_path else [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths)}
     return subprocess.run([sys.executable, "-m", "posttrain", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
 
@@ -290,6 +291,38 @@ def test_sft_domains_resume_is_exact(tmp_path):
         a, b = step(straight, n), step(resumed, n)
         for key in ("loss", "grad_norm", "domain/clean/weight", "domain/clean/share", "domain/noisy/loss"):
             assert a[key] == b[key], (n, key)
+
+
+PARITY_REWARD = "def token_parity(prompts, completions, completion_ids=None, **kw):\n" \
+                "    return [float(sum(ids) % 2) for ids in completion_ids]\n"
+
+
+@pytest.mark.slow
+def test_grpo_domains_resume_is_exact(tmp_path):
+    """3 steps + --resume to 4 equals 4 straight: influence every 2 steps (the resume falls between two updates, so
+    the statistics since the last update, the weights and the sampler position all come from the checkpoint)."""
+    (tmp_path / "grpo_parity.py").write_text(PARITY_REWARD)  # varies between samples of the random tiny model
+    common = ["model.threads=1", "eval.enabled=false", "output.plots=false", "output.save_model=false",
+              "train.lr_scheduler_type=constant", "train.save_steps=1", "rewards=[{name: 'grpo_parity:token_parity'}]",
+              "weighting.domains.0={name: influence, update_every: 2, heldout_rows: 4}",
+              "data.heldout={name: arithmetic, args: {n: 4, low: 1, high: 9, split: train, seed: 5}}"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for args in ([f"output.dir={straight}", "train.max_steps=4"], [f"output.dir={resumed}", "train.max_steps=3"],
+                 [f"output.dir={resumed}", "train.max_steps=4", "--resume"]):
+        res = _cli("run", str(TINY_GRPO), *common, *args, extra_path=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    def step(out, n):
+        return next(r for r in _rows(out) if r["step"] == n and "loss" in r)
+
+    keys = ("loss", "grad_norm", "reward", "domain/add/weight", "domain/mul/weight", "domain/add/share")
+    for n in (1, 2, 3, 4):
+        a, b = step(straight, n), step(resumed, n)
+        for key in keys + tuple(k for k in a if k.startswith(("domain/", "domain_weighting/"))):
+            assert a.get(key) == b.get(key), (n, key)
+    w = [step(straight, n)["domain/add/weight"] for n in (1, 2, 3, 4)]
+    assert w[0] == w[1] and w[2] != w[1]    # the update at step 2 moved the mix used from step 3 on
+    assert any(k.startswith("domain_weighting/influence/") for k in step(straight, 4))  # the update at step 4 ran
 
 
 def test_shipped_domain_recipes_load():

@@ -117,6 +117,7 @@ class DomainSampler(torch.utils.data.Sampler):
         self._resume: Optional[Tuple[Dict[str, Any], int]] = None   # (snapshot of the unit to redraw, rows to skip)
         self._queued: List[List[float]] = []  # weights of units to redraw after a resume (drawn before the save)
         self.last_unit_domains: List[int] = []
+        self.unit_log: Optional[List[Dict[str, Any]]] = None  # a list: every drawn unit is recorded (debug)
 
     # ------------------------------------------------------------------ weights
     def _checked(self, weights_D: Sequence[float]) -> torch.Tensor:
@@ -171,6 +172,8 @@ class DomainSampler(torch.utils.data.Sampler):
         domains = torch.multinomial(w, self.unit_size, replacement=True, generator=self.generator).tolist()
         rows = [self._row(d, self.cursors_D) for d in domains]
         self.last_unit_domains = domains
+        if self.unit_log is not None:
+            self.unit_log.append({"unit": self.unit, "domains": domains, "weights": snap["unit_weights_D"]})
         self.unit += 1
         return rows
 

@@ -29,13 +29,17 @@ statistics since the last update and the context generator, so a resumed run dra
 """
 from __future__ import annotations
 
+import json
+import os
 from functools import partial
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from transformers import TrainerCallback
 
 from posttrain.data.mixture import DOMAIN_COLUMN, DomainSampler, split_domain_spec
+from posttrain.debug import DOMAIN_DUMP_ENV
 from posttrain.errors import UserError
 from posttrain.weighting import protocol
 from posttrain.weighting.protocol import DomainContext, StrategyEnv, with_hook
@@ -58,6 +62,9 @@ class _DomainStepEnd(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer._domain_step_end(state.global_step)
 
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer._domain_write_dump()
+
 
 class DomainMixtureMixin:
     """Domain sampling, statistics, updates and services; see the module docstring. A trainer calls
@@ -66,6 +73,7 @@ class DomainMixtureMixin:
 
     _domain: Optional[DomainSetup] = None
     _domain_sampler: Optional[DomainSampler] = None
+    _domain_dump: Optional[Dict[str, list]] = None
 
     # ------------------------------------------------------------------ set-up
     def _setup_domains(self, setup: Optional[DomainSetup]) -> None:
@@ -114,6 +122,7 @@ class DomainMixtureMixin:
                 "domain_loss_weights", self._domain_context(self._domain_weights, step=0, services=False))]
         self._domain_rows_per_micro = self._domain_sampler_layout()[3]
         self.args.ignore_data_skip = True  # the sampler's checkpointed state positions the data, not batch skipping
+        self._domain_dump = {"units": [], "batches": []} if os.environ.get(DOMAIN_DUMP_ENV) else None
         self.add_callback(_DomainStepEnd(self))
         for line in protocol.strategy_warnings([s]):
             import logging
@@ -127,6 +136,8 @@ class DomainMixtureMixin:
         self._domain_sampler = DomainSampler(self._domain_rows, self._domain_weights, unit_size=unit_size,
                                              mini_repeat=mini_repeat, repeat_count=repeat_count,
                                              seed=int(self.args.seed))
+        if self._domain_dump is not None:
+            self._domain_sampler.unit_log = self._domain_dump["units"]
         if getattr(self, "_domain_pending_state", None) is not None:
             self._domain_sampler.load_state_dict(self._domain_pending_state)
             self._domain_pending_state = None
@@ -148,6 +159,9 @@ class DomainMixtureMixin:
             local = self.accelerator.reduce(local.to(self.accelerator.device), reduction="sum").cpu()
         self._domain_stats[0] += sign * local[0]
         self._domain_stats[1] += local[1]
+        if self._domain_dump is not None:
+            self._domain_dump["batches"].append({"step": int(self.state.global_step), "domain_ids": ids.tolist(),
+                                                 "weights": list(self._domain_weights)})
         metrics = self._metrics["train"]
         rows = float(local[2].sum())
         for d, name in enumerate(self._domain.names):
@@ -266,7 +280,34 @@ class DomainMixtureMixin:
         idx = torch.randint(len(rows), (self._domain_options.gradient_rows,), generator=self._domain_generator)
         return [rows[int(i)] for i in idx]
 
+    def _domain_write_dump(self) -> None:
+        """``POSTTRAIN_DEBUG_DOMAIN_DUMP``: this rank's drawn units and batches (posttrain.debug)."""
+        if self._domain is None or self._domain_dump is None:
+            return
+        out = Path(os.environ[DOMAIN_DUMP_ENV])
+        out.mkdir(parents=True, exist_ok=True)
+        rank = self.accelerator.process_index
+        (out / f"domains_rank{rank}.json").write_text(json.dumps({"rank": rank, **self._domain_dump}))
+
     # ------------------------------------------------------------------ checkpoint state
+    def _load_rng_state(self, checkpoint):
+        super()._load_rng_state(checkpoint)   # also loads the posttrain state (CheckpointStateMixin)
+        if self._domain is not None and checkpoint is not None:
+            self._domain_rng_checkpoint = checkpoint
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """On resume, the RNG states are restored again after the first batch: with ``ignore_data_skip`` HF restores
+        them before opening the resumed epoch's iterator, which draws from the global RNG (torch's DataLoader base
+        seed) where the uninterrupted run drew nothing, so GRPO's sampling would diverge (HF's own skip path
+        restores after the first batch for the same reason)."""
+        batches = super().get_batch_samples(epoch_iterator, num_batches, device)
+        ckpt, self._domain_rng_checkpoint = getattr(self, "_domain_rng_checkpoint", None), None
+        if ckpt is not None:
+            from transformers import Trainer
+
+            Trainer._load_rng_state(self, ckpt)   # the RNG states only, not the posttrain state again
+        return batches
+
     def posttrain_state(self) -> Dict[str, Any]:
         state = super().posttrain_state()
         if self._domain is None:
