@@ -189,3 +189,28 @@ def test_per_domain_metric_names_in_a_spec():
     assert is_domain_metric("accuracy/add") and is_domain_metric("truncated_fraction/a.b-c")
     assert not is_domain_metric("accuracy") and not is_domain_metric("entropy_auc/add")
     assert not is_domain_metric("accuracy/") and not is_domain_metric("accuracy/-x")
+
+
+def test_posttrain_eval_and_generate_take_the_eval_mixture(capsys, one_torch_thread):
+    from posttrain.cli import main
+
+    capsys.readouterr()
+    assert main(["eval", "tiny_grpo_domains", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "  n 12   accuracy" in out and "  add: n 8   accuracy" in out and "  mul: n 4   accuracy" in out
+    assert main(["eval", "tiny_grpo_domains", "--threads", "1", "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)["prompts"]
+    assert {d: m["n"] for d, m in p["by_domain"].items()} == {"add": 8, "mul": 4} and p["n"] == 12
+    assert main(["generate", "tiny_grpo_domains", "--from-eval", "2", "--json", "--threads", "1",
+                 "--max-new-tokens", "2"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+
+def test_concat_sets_domain_names_and_refuses_a_domain_column():
+    from posttrain.data.mixture import concat_domains
+
+    a, b = Dataset.from_dict({"prompt": ["x", "y"]}), Dataset.from_dict({"prompt": ["z"]})
+    assert concat_domains([a, b], column="domain", labels=["p", "q"])["domain"] == ["p", "p", "q"]
+    assert concat_domains([a, b])["domain_id"] == [0, 0, 1]
+    with pytest.raises(ValueError, match=r"^data.eval.mixture.0: the dataset has a 'domain' column"):
+        concat_domains([a.add_column("domain", ["u", "v"]), b], "data.eval.mixture", column="domain")
