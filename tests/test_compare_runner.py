@@ -223,3 +223,27 @@ def test_pass_at_k_step_and_model_clean_up(tmp_path):
     plan2 = make_plan(p, runs_dir=tmp_path / "runs")
     runner.execute(plan2, progress=False, train_cmd=train, passk_cmd=passk)
     assert {r.status for r in plan2.runs} == {"reused"}
+
+
+def test_hypervolume_section_of_an_objective_spec(tmp_path):
+    from posttrain.compare.spec import CompareError, load_spec
+
+    p = tmp_path / "hv.yaml"
+    p.write_text(textwrap.dedent(SPEC) + "hypervolume: {metrics: [accuracy, entropy_tail_mean], reference: [0.0, 1.0]}\n")
+    plan = make_plan(p, runs_dir=tmp_path / "runs")
+    runner.execute(plan, progress=False, train_cmd=fake_cmd)
+    a = _report(plan)
+    hv = a["hypervolume"]["arms"]
+    # plain: (0.25, 5) on every seed -> 0.25 * (5 - 1) = 1.0; steer: (0.5, 10) -> 0.5 * 9 = 4.5; broken: no run
+    assert hv["plain"]["hv_of_mean_point"] == pytest.approx(1.0) and hv["plain"]["mean"] == pytest.approx(1.0)
+    assert hv["plain"]["sd"] == pytest.approx(0.0) and hv["plain"]["n_seeds"] == 3
+    assert hv["steer"]["hv_of_mean_point"] == pytest.approx(4.5) and hv["steer"]["per_seed"][2] == pytest.approx(4.5)
+    assert hv["broken"]["n_seeds"] == 0
+    md = Path(a["paths"]["markdown"]).read_text()
+    assert "## Hypervolume" in md and "| steer | 3 | (0.500, 10.000) | 4.5 | 4.5 ± 0 |" in md
+    assert "| broken | 0 | n/a" in md
+    for bad, msg in (("{metrics: [accuracy, nope], reference: [0, 0]}", "unknown metric 'nope'"),
+                     ("{metrics: [accuracy, entropy_auc], reference: [0]}", "one value per metric")):
+        p.write_text(textwrap.dedent(SPEC) + f"hypervolume: {bad}\n")
+        with pytest.raises(CompareError, match=msg):
+            load_spec(p)

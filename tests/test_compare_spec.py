@@ -135,3 +135,41 @@ def test_missing_spec_file_and_cli_exit_code(tmp_path, capsys):
     assert cli_main([str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("posttrain: error: spec file") and "\n" not in err
+
+
+@pytest.mark.parametrize("name", ["reasoning_tokens", "reasoning_sequences", "reasoning_seed", "dpo_testbed",
+                                  "multiobj_tweets"])
+def test_testbed_specs_plan_matched_and_paper_settings(name, tmp_path, capsys):
+    plan = make_plan(name, runs_dir=tmp_path)
+    assert plan.spec.seeds == [0, 1, 2, 3] and len(plan.runs) == 4 * len(plan.spec.arms)
+    r = plan.recipes
+    sched = {(t.get("num_iterations", 1), t.get("steps_per_generation")) for t in (x["train"] for x in r.values())}
+    assert len(sched) == 1  # every arm shares the rollout schedule
+    err = capsys.readouterr().err
+    assert "warning" not in err.lower(), err  # no setting that makes a method do nothing
+    if name == "reasoning_tokens":
+        assert sched == {(2, None)} and all(x["train"]["epsilon_high"] == 0.28 for x in r.values())
+    if name == "reasoning_sequences":
+        lr = r["loss_reweighting"]["weighting"]["sequences"][0]
+        assert 0 < lr["burn_in_steps"] < r["loss_reweighting"]["train"]["max_steps"]
+    if name in ("reasoning_sequences", "reasoning_seed"):
+        assert r["seed"]["train"]["scale_rewards"] == "none" == r["plain_unscaled"]["train"]["scale_rewards"]
+        assert r["seed"]["train"]["loss_type"] == "dr_grpo" == r["plain_unscaled"]["train"]["loss_type"]
+    if name == "dpo_testbed":
+        assert {x["weighting"]["pairs"][0]["tau"] for a, x in r.items() if a.startswith("madpo")} == {6.907}
+        assert r["madpo_oracle"]["reward_model"]["source"] == "columns"
+        assert all(x["data"]["eval"]["args"]["n"] >= 256 for x in r.values())
+    if name == "multiobj_tweets":
+        assert plan.spec.hypervolume is not None and len(plan.spec.hypervolume.metrics) == 3
+        assert r["hypervolume_reward"]["weighting"]["objectives"]["hypervolume"]["apply_to"] == "reward"
+        assert r["hypervolume_adv"]["weighting"]["objectives"]["hypervolume"]["apply_to"] == "advantage"
+        assert "cancels" not in err  # the reward placement runs with un-normalised advantages
+
+
+def test_a_burn_in_longer_than_the_run_warns_when_a_spec_is_planned(tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_text("name: s\nbaseline: a\nseeds: [0]\narms:\n  - {name: a, recipe: tiny_grpo}\n"
+                 "  - {name: b, recipe: tiny_grpo, overrides: [\"weighting.sequences=[{name: loss_reweighting, "
+                 "burn_in_steps: 1000}]\"]}\n")
+    make_plan(p, runs_dir=tmp_path / "r")
+    assert "burn_in_steps=1000 >= max_steps=2" in capsys.readouterr().err

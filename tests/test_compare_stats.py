@@ -110,3 +110,18 @@ def test_wording_follows_the_numbers():
     assert stats.describe(-0.1, -0.15, -0.05, 0.08).startswith("lower than the baseline by 0.100")
     assert stats.describe(0.1, None, None, None, n_seeds=1) == "no interval (n = 1 seed)"
     assert stats.describe(None, None, None, None).startswith("n/a")
+
+
+def test_hypervolume_summary_by_hand():
+    # two seeds, two maximised objectives, ref (0, 0): HV of a point = x * y
+    r = stats.hypervolume_summary({0: [0.2, 0.8], 1: [0.6, 0.4]}, [0.0, 0.0])
+    assert r["per_seed"] == {0: pytest.approx(0.16), 1: pytest.approx(0.24)}
+    assert r["mean"] == pytest.approx(0.20) and r["sd"] == pytest.approx(math.sqrt(2) * 0.04)
+    assert r["mean_point"] == pytest.approx([0.4, 0.6]) and r["hv_of_mean_point"] == pytest.approx(0.24)
+    # a minimised objective is sign-flipped: ref 1.0 and value 0.25 -> gain 0.75; a point not beating ref -> 0
+    m = stats.hypervolume_summary({3: [0.5, 0.25], 4: [0.5, 1.5]}, [0.0, 1.0], maximize=[True, False])
+    assert m["per_seed"] == {3: pytest.approx(0.375), 4: 0.0}
+    assert m["hv_of_mean_point"] == pytest.approx(0.5 * 0.125)
+    one = stats.hypervolume_summary({0: [1.0, 2.0]}, [0.0, 0.0])
+    assert one["sd"] is None and one["mean"] == pytest.approx(2.0)
+    assert stats.hypervolume_summary({}, [0.0, 0.0])["hv_of_mean_point"] is None

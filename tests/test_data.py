@@ -248,7 +248,7 @@ def test_load_prompt_file_errors(tmp_path, rows, load):
 
 # --------------------------------------------------------------------------------------------------- registry
 def test_dataset_registry():
-    assert DATASETS.names() == ["arithmetic", "arithmetic_sft", "file", "preferences", "tweets"]
+    assert DATASETS.names() == ["arithmetic", "arithmetic_sft", "chain_arithmetic", "file", "preferences", "tweets"]
     ds = DATASETS.get("arithmetic")(n=4, level="easy", split="heldout", seed=0)
     assert len(ds) == 4
     with pytest.raises(RegistryError, match="unknown dataset 'gsm8k'"):

@@ -72,6 +72,10 @@ def test_preference_pairs_tiny_twin(cache):
     low = preference_pairs(**TINY, quality="low", cache_dir=cache)
     assert low["flipped"] == preference_pairs(**TINY, quality="low", cache_dir=cache)["flipped"]  # seeded
     assert len(preference_pairs(**TINY, n=3, cache_dir=cache)) == 3
+    short = preference_pairs(**TINY, instruction="Reply in one short sentence:", cache_dir=cache)
+    assert short["prompt"][0][0]["content"].startswith("Reply in one short sentence:\n\n")
+    assert ds["prompt"][0][0]["content"].startswith("Reply to this tweet:\n\n")  # the default cache is kept
+    assert len(list(files[0].parent.glob("tiny-train-*.jsonl"))) == 2  # its own cached generation
 
 
 @pytest.mark.parametrize("kw,msg", [

@@ -182,7 +182,16 @@ def analyse(plan: Plan, collected: List[Dict]) -> Dict[str, Any]:
             d["reading"] = stats.describe(d["diff"], d["lo"], d["hi"], d["mde"], fmt=_fmt_of(m),
                                           n_seeds=len(seeds))
             diffs[arm.name][m] = d
+    hv = None
+    if spec.hypervolume is not None:
+        h = spec.hypervolume
+        hv = {"metrics": h.metrics, "reference": h.reference, "maximize": h.maximize, "arms": {}}
+        for arm in spec.arms:
+            pts = {r["seed"]: [r["metrics"][m] for m in h.metrics] for r in by_arm[arm.name]
+                   if r["status"] in OK and all(r["metrics"].get(m) is not None for m in h.metrics)}
+            hv["arms"][arm.name] = stats.hypervolume_summary(pts, h.reference, h.maximize)
     return {"name": spec.name, "description": spec.description, "spec_path": str(plan.spec_path),
+            "hypervolume": hv,
             "baseline": spec.baseline, "seeds": spec.seeds, "primary_metric": spec.primary_metric,
             "metrics": metrics, "threads": plan.threads, "jobs": plan.jobs, "runs_dir": str(plan.runs_dir),
             "common_overrides": spec.common_overrides, "arms": arms, "differences": diffs, "notes": notes,
@@ -275,6 +284,8 @@ def render_markdown(plan: Plan, a: Dict, png_name: Optional[str]) -> str:
         c = e["cost"]
         L.append(f"| {arm.name} | {e['runs_ok']}/{e['runs']} | {_f(e['before'].get(prim), prim)} | "
                  + " | ".join(cells) + f" | {_f(c['s_per_step'], 's/step')} | {_f(c['peak_rss_mb'], 'MB')} |")
+    if a.get("hypervolume"):
+        L += _hypervolume_lines(a["hypervolume"])
     L += ["", f"## Paired differences vs `{spec.baseline}`", "",
           "| arm − baseline | metric | difference [95 % CI] | test | seeds × items | MDE (80 % power) | reading |",
           "|---|---|---|---|---|---|---|"]
@@ -311,6 +322,23 @@ def render_markdown(plan: Plan, a: Dict, png_name: Optional[str]) -> str:
     if png_name:
         L += ["", f"![comparison]({png_name})", ""]
     return "\n".join(L)
+
+
+def _hypervolume_lines(hv: Dict) -> List[str]:
+    mx = hv["maximize"] or [True] * len(hv["metrics"])
+    objs = ", ".join(f"{m} ({'max' if x else 'min'})" for m, x in zip(hv["metrics"], mx))
+    L = ["", "## Hypervolume", "", f"Objectives: {objs}; reference point ({', '.join(_f(v) for v in hv['reference'])})."
+         " HV of the mean point = the hypervolume of the arm's mean over seeds; per-seed = mean ± sd over seeds of "
+         "each run's own hypervolume.", "", "| arm | seeds | mean point | HV of mean point | per-seed HV mean ± sd |",
+         "|---|---|---|---|---|"]
+    for arm, r in hv["arms"].items():
+        if not r["n_seeds"]:
+            L.append(f"| {arm} | 0 | n/a (a metric is missing in every run) | n/a | n/a |")
+            continue
+        pt = "(" + ", ".join(_f(v) for v in r["mean_point"]) + ")"
+        sd = "" if r["sd"] is None else f" ± {r['sd']:.4g}"
+        L.append(f"| {arm} | {r['n_seeds']} | {pt} | {r['hv_of_mean_point']:.4g} | {r['mean']:.4g}{sd} |")
+    return L
 
 
 def _n_desc(d: Dict) -> str:

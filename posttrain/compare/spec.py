@@ -55,6 +55,27 @@ class PassAtK(_Strict):
         return self.samples or self.k
 
 
+class HypervolumeReport(_Strict):
+    """Objective specs: each run's point is its values of ``metrics`` (e.g. per-objective window summaries such as
+    ``rewards/positivity/mean_tail_mean``); the report gives, per arm, the hypervolume (exact; Zitzler & Thiele
+    1999) of the arm's mean point and the mean ± sd of the per-seed hypervolumes."""
+
+    metrics: List[str] = Field(..., min_length=2, description="One reported metric per objective (known metrics: "
+                               "eval metrics, pass@k, <window key>_tail_mean / _auc).")
+    reference: List[float] = Field(..., description="The reference point, one value per metric (a point counts "
+                                   "only where it beats it in every objective).")
+    maximize: Optional[List[bool]] = Field(None, description="Per metric, true when larger is better (default: "
+                                           "all true; minimised ones are sign-flipped).")
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        d = len(self.metrics)
+        if len(self.reference) != d or (self.maximize is not None and len(self.maximize) != d):
+            raise ValueError(f"hypervolume: reference (and maximize) need one value per metric ({d}), got "
+                             f"{len(self.reference)}" + (f" / {len(self.maximize)}" if self.maximize else ""))
+        return self
+
+
 class Arm(_Strict):
     name: str = Field(..., pattern=NAME, description="Arm name (names the run dirs <arm>-s<seed>).")
     recipe: str = Field(..., min_length=1, description="A shipped recipe name (recipes/<name>.yaml) or a path "
@@ -93,6 +114,7 @@ class Spec(_Strict):
     window_fraction: float = Field(0.2, gt=0.0, le=1.0, description="Tail window: the last fraction of the "
                                    "logged steps.")
     pass_at_k: Optional[PassAtK] = None
+    hypervolume: Optional[HypervolumeReport] = None
     jobs: int = Field(1, ge=1, description="Runs in parallel (--jobs overrides).")
     threads: Optional[int] = Field(None, ge=1, description="Threads per run (model.threads and OMP_NUM_THREADS); "
                                    "default cores // jobs.")
@@ -124,7 +146,8 @@ class Spec(_Strict):
                     raise ValueError(f"{where}.{j}: '{key}' is set by the harness for every run "
                                      f"(spec key: {RESERVED[key]})")
         known = self.known_metrics()
-        for key, vals in (("primary_metric", [self.primary_metric]), ("metrics", self.metrics or [])):
+        for key, vals in (("primary_metric", [self.primary_metric]), ("metrics", self.metrics or []),
+                          ("hypervolume.metrics", self.hypervolume.metrics if self.hypervolume else [])):
             for m in vals:
                 if m not in known and not is_domain_metric(m):
                     raise ValueError(f"{key}: unknown metric '{m}' (known: {', '.join(known)})")

@@ -10,6 +10,8 @@ Everything here takes plain numbers or arrays and returns plain dicts, so it can
   two-sided; alpha 0.05 and power 0.8 give 2.8016 * se).
 * :func:`window_summary` -- a logged curve (e.g. the policy entropy) summarised over a window, never one step.
 * :func:`pass_at_k` -- the unbiased pass@k estimator of Chen et al. 2021 (arXiv 2107.03374, Eq. 1).
+* :func:`hypervolume_summary` -- the hypervolume (Zitzler & Thiele 1999; exact, :func:`posttrain.weighting.objectives.
+  hypervolume`) of an arm's mean objective point and the mean ± sd of its per-seed hypervolumes.
 * :func:`describe` -- the wording rule of the generated report.
 """
 from __future__ import annotations
@@ -207,6 +209,32 @@ def window_summary(points: Sequence[Tuple[float, float]], fraction: float = 0.2)
     span = float(steps[-1] - steps[0])
     return {"tail_mean": float(vals[-k:].mean()), "auc": auc, "mean": auc / span if span > 0 else float(vals[0]),
             "n_points": len(pts), "tail_points": k, "first_step": float(steps[0]), "last_step": float(steps[-1])}
+
+
+# ------------------------------------------------------------------------------------------------ hypervolume
+def hypervolume_summary(points_by_seed: Dict[int, Sequence[float]], ref: Sequence[float],
+                        maximize: Optional[Sequence[bool]] = None) -> Dict:
+    """One arm's objective points (one ``[d]`` point per seed) summarised two ways, because they differ:
+
+    * ``hv_of_mean_point`` -- the hypervolume of the single point ``mean over seeds`` (the arm's average trade-off;
+      by Jensen it can exceed the mean of the per-seed values, as HV of one point is a product of gains);
+    * ``mean`` ± ``sd`` -- over seeds of the hypervolume of each seed's point (``sd`` with ddof 1; ``None`` for one
+      seed), i.e. how reliably a single run reaches that volume.
+
+    A point's hypervolume w.r.t. ``ref`` is the volume of the box between them when it beats ``ref`` in every
+    objective, else 0 (sign-flipped for ``maximize=False`` objectives). Empty input gives ``n_seeds`` 0 and Nones."""
+    from posttrain.weighting.objectives import hypervolume
+
+    seeds = sorted(points_by_seed)
+    if not seeds:
+        return {"n_seeds": 0, "mean_point": None, "hv_of_mean_point": None, "per_seed": {}, "mean": None, "sd": None}
+    P = np.asarray([list(points_by_seed[s]) for s in seeds], dtype=float)
+    per = {s: hypervolume([P[i]], ref, maximize) for i, s in enumerate(seeds)}
+    vals = np.asarray(list(per.values()))
+    mean_point = P.mean(axis=0)
+    return {"n_seeds": len(seeds), "mean_point": mean_point.tolist(),
+            "hv_of_mean_point": hypervolume([mean_point], ref, maximize), "per_seed": per,
+            "mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if len(vals) > 1 else None}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

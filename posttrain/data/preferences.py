@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .common import DataError, check_n, check_seed, render_prompt
+from .common import DataError, check_n, check_opt_str, check_seed, render_prompt
 
 QUALITY_NOISE = {"high": 0.0, "medium": 0.2, "low": 0.4}
 _GEN_VERSION = 1  # bump when the generation procedure changes, so old caches are not reused
@@ -49,11 +49,14 @@ def _cache_file(params: Dict[str, Any], cache_dir) -> Path:
 
 
 def generate_responses(*, model: str, n_prompts: int, samples: int, max_new_tokens: int, seed: int, split: str,
-                       temperature: float, top_p: float, batch_size: int = 16, cache_dir=None) -> Path:
+                       temperature: float, top_p: float, batch_size: int = 16, cache_dir=None,
+                       instruction: str | None = None) -> Path:
     """Sample and score the replies once; returns the cached JSONL (one row per prompt: ``prompt``, ``tweet``,
     ``responses`` [samples], ``gold`` [samples])."""
     params = dict(version=_GEN_VERSION, model=model, n_prompts=n_prompts, samples=samples,
                   max_new_tokens=max_new_tokens, seed=seed, split=split, temperature=temperature, top_p=top_p)
+    if instruction is not None:  # only when given, so the caches generated before this option stay valid
+        params["instruction"] = instruction
     final = _cache_file(params, cache_dir)
     if final.is_file():
         return final
@@ -79,7 +82,8 @@ def _generate(params: Dict[str, Any], batch_size: int, cache_dir) -> List[Dict[s
     from .tweets import tweet_prompts
 
     t0 = time.time()
-    prompts = tweet_prompts(params["n_prompts"], seed=params["seed"], split=params["split"])
+    extra = {"instruction": params["instruction"]} if "instruction" in params else {}
+    prompts = tweet_prompts(params["n_prompts"], seed=params["seed"], split=params["split"], **extra)
     model, tok = load_model_and_tokenizer(params["model"], cache_dir=cache_dir)
     model.eval()
     tok.padding_side = "left"
@@ -115,6 +119,7 @@ def preference_pairs(
     max_new_tokens: int = 24,
     temperature: float = 0.7,
     top_p: float = 0.9,
+    instruction: str | None = None,
     min_gap: float = 0.0,
     seed: int = 0,
     split: str = "train",
@@ -128,9 +133,12 @@ def preference_pairs(
     ``quality`` high / medium / low sets ``label_noise`` 0 / 0.2 / 0.4 unless ``label_noise`` is given. ``n`` keeps
     the first ``n`` pairs (after dropping ties); the label-noise draws depend on ``seed`` only, so the pairs of a
     given prompt get the same label for every ``n``. Generation parameters (``model``, ``n_prompts``, ``samples``,
-    ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``split``) select the cached generation.
+    ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``split``, ``instruction``) select the cached generation.
+    ``instruction``: the tweet prompt's instruction (:func:`posttrain.data.tweets.tweet_prompts`; default its
+    "Reply to this tweet:"); give the eval set (``tweets``) the same one.
     """
     owner = "preferences"
+    check_opt_str(owner, "instruction", instruction)
     check_n(owner, n)
     check_seed(owner, seed)
     if quality not in QUALITY_NOISE:
@@ -149,6 +157,7 @@ def preference_pairs(
 
     path = generate_responses(model=model, n_prompts=n_prompts, samples=samples, max_new_tokens=max_new_tokens,
                               seed=seed, split=split, temperature=float(temperature), top_p=float(top_p),
+                              instruction=instruction,
                               cache_dir=cache_dir)
     rng = random.Random(f"label-noise|{seed}")
     cols: Dict[str, list] = {k: [] for k in ("prompt", "chosen", "rejected", "score_chosen", "score_rejected",

@@ -46,7 +46,7 @@ class ModelSection(_Strict):
 
 
 class DatasetSpec(_Strict):
-    name: str = Field(..., description="Dataset builder: arithmetic | arithmetic_sft | tweets | file | preferences, or "
+    name: str = Field(..., description="Dataset builder: arithmetic | arithmetic_sft | chain_arithmetic | tweets | file | preferences, or "
                       "'pkg.mod:fn'.")
     args: Dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the builder.")
 
