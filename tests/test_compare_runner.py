@@ -247,3 +247,35 @@ def test_hypervolume_section_of_an_objective_spec(tmp_path):
         p.write_text(textwrap.dedent(SPEC) + f"hypervolume: {bad}\n")
         with pytest.raises(CompareError, match=msg):
             load_spec(p)
+
+
+def test_gain_over_the_initial_model_pairs_items_with_eval_before(spec_path, tmp_path):
+    plan = make_plan(spec_path, runs_dir=tmp_path / "runs")
+    # 20 items; the initial model gets items 0-4 right (0.25); plain after gets items 0-14 (0.75) on every seed;
+    # steer gets items 0-4 on seeds 0 and 1, nothing on seed 2; broken nothing; only the baseline's runs evaluated
+    # the initial model
+    initial = [1.0] * 5 + [0.0] * 15
+    after = {"plain": lambda s: [1.0] * 15 + [0.0] * 5, "steer": lambda s: initial if s < 2 else [0.0] * 20,
+             "broken": lambda s: [0.0] * 20}
+    for r in plan.runs:
+        r.status = "ok"
+        r.out.mkdir(parents=True)
+        scores = after[r.arm](r.seed)
+        ev = {"after": {"accuracy": sum(scores) / 20, "mean_score": sum(scores) / 20, "n": 20, "item_scores": scores}}
+        if r.arm == "plain":
+            ev["before"] = {"accuracy": 0.25, "mean_score": 0.25, "n": 20, "item_scores": initial}
+        (r.out / "summary.json").write_text(json.dumps({"eval": ev, "train_seconds": 1.0, "global_step": 2}))
+    a = _report(plan)
+    assert a["initial"]["accuracy"] == 0.25
+    g = a["gains_over_initial"]
+    # plain: +1 on items 5-14, 0 elsewhere, on every seed -> +0.5; a draw of 20 items misses all ten w.p. 2^-20
+    assert g["plain"]["accuracy"]["diff"] == pytest.approx(0.5)
+    assert g["plain"]["accuracy"]["reading"].startswith("higher than the initial model by 0.500")
+    # steer: (0 + 0 - 0.25) / 3 per seed mean -> -1/12; broken: -0.25 exactly
+    assert g["steer"]["accuracy"]["diff"] == pytest.approx(-1 / 12)
+    t = g["steer"]["accuracy"]["t_over_seeds"]  # per-seed gains 0, 0, -0.25: sd 0.1443, se 0.0833, t(0.975, 2) 4.303
+    assert t["mean"] == pytest.approx(-1 / 12) and t["hi"] - t["mean"] == pytest.approx(4.302653 * 0.25 / 3, rel=1e-5)
+    assert g["broken"]["accuracy"]["diff"] == pytest.approx(-0.25) and g["broken"]["accuracy"]["hi"] < 0
+    md = Path(a["paths"]["markdown"]).read_text()
+    assert "## Gain over the initial model" in md
+    assert "| broken | accuracy | 0.250 | 0.000 | -0.250 [" in md and "3 seeds × 20 items" in md

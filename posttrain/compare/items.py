@@ -33,12 +33,13 @@ def item_id(prompt: Any) -> str:
     return hashlib.sha1(json.dumps(prompt, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def read_item_scores(run_dir: Path, threshold: float = 1.0) -> Optional[Dict[str, Any]]:
+def read_item_scores(run_dir: Path, threshold: float = 1.0, which: str = "after") -> Optional[Dict[str, Any]]:
     """``{"ids": [...] | None, "score": array, "correct": array, "source": str}`` or None when the run did not store
-    per-item scores. ``correct`` is 1.0 / 0.0 (a missing score is not correct, as `evaluate` counts accuracy)."""
+    per-item scores. ``correct`` is 1.0 / 0.0 (a missing score is not correct, as `evaluate` counts accuracy).
+    ``which``: ``after`` (the trained model) or ``before`` (the initial model: ``summary.json`` only)."""
     run_dir = Path(run_dir)
     path = run_dir / "eval_items.jsonl"
-    if path.is_file():
+    if which == "after" and path.is_file():
         rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
         score = np.array([np.nan if r.get("score") is None else float(r["score"]) for r in rows])
         correct = np.array([float(bool(r["correct"])) if "correct" in r else
@@ -50,14 +51,14 @@ def read_item_scores(run_dir: Path, threshold: float = 1.0) -> Optional[Dict[str
         return out
     sp = run_dir / "summary.json"
     if sp.is_file():
-        after = (json.loads(sp.read_text()).get("eval") or {}).get("after") or {}
+        after = (json.loads(sp.read_text()).get("eval") or {}).get(which) or {}
         scores = after.get("item_scores")
         if isinstance(scores, list) and scores:
             score = np.array([np.nan if s is None else float(s) for s in scores])
             with np.errstate(invalid="ignore"):
                 correct = np.where(np.isfinite(score), score >= threshold, False).astype(float)
             domains = after.get("item_domains")
-            return {"ids": None, "score": score, "correct": correct, "source": "summary.json eval.after.item_scores",
+            return {"ids": None, "score": score, "correct": correct, "source": f"summary.json eval.{which}.item_scores",
                     "domains": [str(d) for d in domains] if isinstance(domains, list)
                     and len(domains) == len(scores) else None}
     return None

@@ -62,6 +62,9 @@ def collect_run(plan: Plan, run: PlannedRun) -> Dict[str, Any]:
                 v = item_metric_values(part, m)
                 if v is not None:
                     r["items"][m + suffix] = v
+    initial = read_item_scores(run.out, thr, which="before")
+    r["before_items"] = {} if initial is None else {
+        m: v for m in EVAL_METRICS if (v := item_metric_values(initial, m)) is not None}
     pk = spec.pass_at_k
     if pk is not None:
         got = read_pass_at_k(run.out, pk.k, pk.n, pk.temperature)
@@ -182,6 +185,7 @@ def analyse(plan: Plan, collected: List[Dict]) -> Dict[str, Any]:
             d["reading"] = stats.describe(d["diff"], d["lo"], d["hi"], d["mde"], fmt=_fmt_of(m),
                                           n_seeds=len(seeds))
             diffs[arm.name][m] = d
+    gains, initial_scores = _gains_over_initial(spec, by_arm, metrics, B)
     hv = None
     if spec.hypervolume is not None:
         h = spec.hypervolume
@@ -195,11 +199,41 @@ def analyse(plan: Plan, collected: List[Dict]) -> Dict[str, Any]:
             "baseline": spec.baseline, "seeds": spec.seeds, "primary_metric": spec.primary_metric,
             "metrics": metrics, "threads": plan.threads, "jobs": plan.jobs, "runs_dir": str(plan.runs_dir),
             "common_overrides": spec.common_overrides, "arms": arms, "differences": diffs, "notes": notes,
+            "gains_over_initial": gains, "initial": initial_scores,
             "statistics": STATISTICS_TEXT.format(B=B, frac=spec.window_fraction),
-            "runs": [{k: v for k, v in r.items() if k not in ("items", "curves", "item_ids")} for r in collected],
+            "runs": [{k: v for k, v in r.items() if k not in ("items", "curves", "item_ids", "before_items")}
+                     for r in collected],
             "curves": {r["id"]: r["curves"] for r in collected if r["curves"]},
             "models": sorted({(plan.recipes[a.name].get("model") or {}).get("name", "?") for a in spec.arms}),
             "max_steps": sorted({str((plan.recipes[a.name].get("train") or {}).get("max_steps")) for a in spec.arms})}
+
+
+def _gains_over_initial(spec, by_arm: Dict[str, List[Dict]], metrics: List[str], resamples: int):
+    """Every arm's after-training score minus the initial model's, paired over the held-out items: the initial
+    model (a LoRA run starts at it, so it is the same for every arm and seed) is the first finished run's
+    ``eval.before`` per-item scores; per arm, the [seeds, items] after-scores minus that vector repeated per seed,
+    two-level bootstrap (seeds, then items). ``({arm: {metric: diff...}}, {metric: initial value})``; empty when
+    no run evaluated the initial model per item."""
+    first = next((r for a in spec.arms for r in by_arm[a.name] if r["status"] in OK and r.get("before_items")), None)
+    if first is None:
+        return {}, {}
+    init = first["before_items"]
+    gains: Dict[str, Dict[str, Any]] = {}
+    for arm in spec.arms:
+        ok = [r for r in by_arm[arm.name] if r["status"] in OK]
+        for m in [m for m in metrics if m in init]:
+            X = _item_matrix(ok, m)
+            if X is None or X.shape[1] != len(init[m]) or (
+                    first.get("item_ids") and ok[0].get("item_ids") != first["item_ids"]):
+                continue
+            res = stats.paired_bootstrap(X, np.tile(np.asarray(init[m], dtype=float), (X.shape[0], 1)),
+                                         resamples=resamples, seed=0)
+            res["mde"] = stats.mde(res["se"])
+            res["t_over_seeds"] = stats.mean_ci_t((np.nanmean(X, axis=1) - float(np.nanmean(init[m]))).tolist())
+            res["reading"] = stats.describe(res["diff"], res["lo"], res["hi"], res["mde"], fmt=_fmt_of(m),
+                                            n_seeds=X.shape[0]).replace("the baseline", "the initial model")
+            gains.setdefault(arm.name, {})[m] = res
+    return gains, {m: float(np.nanmean(v)) for m, v in init.items()}
 
 
 STATISTICS_TEXT = (
@@ -296,6 +330,19 @@ def render_markdown(plan: Plan, a: Dict, png_name: Optional[str]) -> str:
                 continue
             L.append(f"| {arm} − {spec.baseline} | {m} | {_signed(d['diff'], m)} [{_f(d['lo'], m)}, {_f(d['hi'], m)}]"
                      f" | {d['method']} | {_n_desc(d)} | {_f(d['mde'], m)} | {d['reading']} |")
+    if a.get("gains_over_initial"):
+        L += ["", "## Gain over the initial model", "",
+              "The initial model (LoRA starts at it: the same for every arm and seed) evaluated once, per item "
+              f"(`eval.before`); gain = after − initial, paired over the held-out items.", "",
+              "| arm | metric | initial | after | gain [95 % CI] | test | seeds × items | MDE (80 % power) | reading "
+              "| t over seeds [95 % CI] |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for arm, per in a["gains_over_initial"].items():
+            for m, g in per.items():
+                after = a["arms"][arm]["metrics"].get(m, {}).get("mean")
+                L.append(f"| {arm} | {m} | {_f(a['initial'].get(m), m)} | {_f(after, m)} | {_signed(g['diff'], m)} "
+                         f"[{_f(g['lo'], m)}, {_f(g['hi'], m)}] | {g['method']} | {_n_desc(g)} | "
+                         f"{_f(g['mde'], m)} | {g['reading']} | {_t_cell(g['t_over_seeds'], m)} |")
     L += ["", "## Every run", "", "| run | status | " + " | ".join(cols) + " | s/step | peak MB | note |",
           "|---|---|" + "---|" * len(cols) + "---|---|---|"]
     for r in a["runs"]:
@@ -339,6 +386,13 @@ def _hypervolume_lines(hv: Dict) -> List[str]:
         sd = "" if r["sd"] is None else f" ± {r['sd']:.4g}"
         L.append(f"| {arm} | {r['n_seeds']} | {pt} | {r['hv_of_mean_point']:.4g} | {r['mean']:.4g}{sd} |")
     return L
+
+
+def _t_cell(t: Dict, metric: str) -> str:
+    """``mean [lo, hi]`` of a t interval over seeds (``n/a`` with one seed)."""
+    if t.get("lo") is None:
+        return "n/a"
+    return f"{_signed(t['mean'], metric)} [{_f(t['lo'], metric)}, {_f(t['hi'], metric)}]"
 
 
 def _n_desc(d: Dict) -> str:
