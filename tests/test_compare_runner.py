@@ -279,3 +279,7 @@ def test_gain_over_the_initial_model_pairs_items_with_eval_before(spec_path, tmp
     md = Path(a["paths"]["markdown"]).read_text()
     assert "## Gain over the initial model" in md
     assert "| broken | accuracy | 0.250 | 0.000 | -0.250 [" in md and "3 seeds × 20 items" in md
+    # paired differences show the t over seeds beside the bootstrap: steer - plain per seed -0.5, -0.5, -0.75
+    t = a["differences"]["steer"]["accuracy"]["paired_t"]
+    assert t["diff"] == pytest.approx(-7 / 12) and "| paired t over seeds [95 % CI] |" in md
+    assert f"| {t['diff']:+.3f} [{t['lo']:.3f}, {t['hi']:.3f}] |" in md

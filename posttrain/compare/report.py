@@ -321,15 +321,17 @@ def render_markdown(plan: Plan, a: Dict, png_name: Optional[str]) -> str:
     if a.get("hypervolume"):
         L += _hypervolume_lines(a["hypervolume"])
     L += ["", f"## Paired differences vs `{spec.baseline}`", "",
-          "| arm − baseline | metric | difference [95 % CI] | test | seeds × items | MDE (80 % power) | reading |",
-          "|---|---|---|---|---|---|---|"]
+          "| arm − baseline | metric | difference [95 % CI] | test | seeds × items | MDE (80 % power) | reading "
+          "| paired t over seeds [95 % CI] |",
+          "|---|---|---|---|---|---|---|---|"]
     for arm, per in a["differences"].items():
         for m in cols:
             d = per.get(m)
             if d is None:
                 continue
             L.append(f"| {arm} − {spec.baseline} | {m} | {_signed(d['diff'], m)} [{_f(d['lo'], m)}, {_f(d['hi'], m)}]"
-                     f" | {d['method']} | {_n_desc(d)} | {_f(d['mde'], m)} | {d['reading']} |")
+                     f" | {d['method']} | {_n_desc(d)} | {_f(d['mde'], m)} | {d['reading']} | "
+                     f"{_t_cell(dict(d['paired_t'], mean=d['paired_t']['diff']), m)} |")
     if a.get("gains_over_initial"):
         L += ["", "## Gain over the initial model", "",
               "The initial model (LoRA starts at it: the same for every arm and seed) evaluated once, per item "
