@@ -170,6 +170,28 @@ def test_buffer_rows_and_sft_inputs(tiny, tmp_path):
     assert len(tr._relift_buffer) == 2 and tr._sft_steps == 0
 
 
+def test_domain_heldout_batch_uses_the_same_rollout_layout(tiny, tmp_path):
+    """The domain strategies' held-out batch comes from the same builder as ReLIFT's demonstrations: the prompt as
+    the rollout tokenizes it, then the reference answer and EOS, and exactly the answer tokens + EOS labelled."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    tr = _trainer(tiny, tmp_path, None)
+    rows = [dict(r) for r in arithmetic_problems(3, low=1, high=9, seed=7)]
+    tr._domain = SimpleNamespace(heldout=Dataset.from_list(rows))
+    assert tr._domain_heldout_batches([]) == []
+    (batch,) = tr._domain_heldout_batches([2, 0])
+    tok = tr.processing_class
+    for k, i in enumerate([2, 0]):
+        prompt_ids, _, _ = tr._tokenize_prompts([rows[i]["prompt"]])
+        answer = tok(text=str(rows[i]["answer"]), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        keep = batch["attention_mask"][k].bool()
+        assert batch["input_ids"][k][keep].tolist() == list(prompt_ids[0]) + answer
+        assert batch["labels"][k][batch["labels"][k] != -100].tolist() == answer
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+
+
 def test_trainer_bad_relift_input_is_one_line(tiny, tmp_path):
     with pytest.raises(UserError, match=r"relift.demonstration_column: data.train: the dataset has no column 'nope'"):
         _trainer(tiny, tmp_path, {**RELIFT, "demonstration_column": "nope"})

@@ -41,6 +41,7 @@ from transformers import TrainerCallback
 from posttrain.data.mixture import DOMAIN_COLUMN, DomainSampler, split_domain_spec
 from posttrain.debug import DOMAIN_DUMP_ENV
 from posttrain.errors import UserError
+from posttrain.losses import selective_logprobs_and_entropy
 from posttrain.weighting import protocol
 from posttrain.weighting.protocol import DomainContext, StrategyEnv, with_hook
 
@@ -101,8 +102,8 @@ class DomainMixtureMixin:
         if s.name == "fixed" and setup.weights is not None and s.config.weights is None:
             s.config.weights = list(setup.weights)  # the mixture's initial weights are the fixed mix
         if getattr(s.config, "sharded_gradients", False):
-            raise UserError(f"weighting.domains.0.sharded_gradients: the trainer's gradient services return full "
-                            f"gradients (summed over processes); set it to false")
+            raise UserError("weighting.domains.0.sharded_gradients: the trainer's gradient services return full "
+                            "gradients (summed over processes); set it to false")
         if s.needs_heldout and setup.heldout is None:
             raise UserError(f"weighting.domains.0: {s.name} needs a held-out set: set data.heldout")
         self._domain_generator = torch.Generator().manual_seed(int(self.args.seed) * 7_919 + 17)
@@ -250,10 +251,10 @@ class DomainMixtureMixin:
                     logits = model(input_ids=b["input_ids"].to(device),
                                    attention_mask=b["attention_mask"].to(device), use_cache=False).logits
                     labels = b["labels"].to(device)[:, 1:]
-                    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-                    mask = labels != -100
-                    picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-                    loss = -(picked * mask).sum() / max(total, 1.0)
+                    # per-label log-probs without a [B, T, V] log-softmax copy; ignore_index labels give 0
+                    picked, _ = selective_logprobs_and_entropy(logits[:, :-1].float(), None, labels,
+                                                               compute_entropy=False)
+                    loss = -picked.sum() / max(total, 1.0)
                 value += loss.detach().double()
                 if gradient:
                     grads = torch.autograd.grad(loss, list(params), allow_unused=True)

@@ -265,25 +265,41 @@ class PosttrainGRPOTrainer(ChunkedLogprobsMixin, ReliftMixin, DynamicSamplingMix
         local = slice(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n)
         return services.policy_gradients(self, out, onehot * adv_N * scale[:, None], self._domain_params(), local)
 
+    def _prompt_completion_batch(self, prompts: list, completions: list):
+        """Prompt ids (rendered as the rollout renders them, :meth:`_tokenize_prompts`, left-padded) + completion
+        ids + EOS (right-padded), as TRL lays out a rollout; returns ``(input_ids, attention_mask,
+        completion_width)``. Used for ReLIFT's demonstrations and the domain strategies' held-out answers."""
+        from trl.trainer.utils import pad
+
+        tok = self.processing_class
+        prompt_ids, _, _ = self._tokenize_prompts(list(prompts))
+        completion_ids = tok(text=[str(c) for c in completions], add_special_tokens=False)["input_ids"]
+        eos = tok.eos_token_id
+        completion_ids = [list(c) + ([eos] if eos is not None and (not c or c[-1] != eos) else [])
+                          for c in completion_ids]
+        dev = self.accelerator.device
+        p = [torch.tensor(x, dtype=torch.long, device=dev) for x in prompt_ids]
+        c = [torch.tensor(x, dtype=torch.long, device=dev) for x in completion_ids]
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos
+        p_ids, c_ids = pad(p, pad_id, "left"), pad(c, pad_id, "right")
+        p_mask = pad([torch.ones_like(x) for x in p], 0, "left")
+        c_mask = pad([torch.ones_like(x) for x in c], 0, "right")
+        return torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1), c_ids.size(1)
+
     def _domain_heldout_batches(self, rows):
-        """The held-out rows as (rendered prompt, reference answer) token batches, the answer tokens labelled."""
+        """The held-out rows as one rollout-layout batch (:meth:`_prompt_completion_batch`) whose reference
+        answer tokens (and EOS) are labelled."""
         if not rows:
             return []
-        tok, ds = self.processing_class, self._domain.heldout
+        ds = self._domain.heldout
         key = "completion" if "completion" in ds.column_names else "answer"
-        ids, labels = [], []
-        for i in rows:
-            row = ds[int(i)]
-            prompt = tok(render_prompt(row["prompt"], tok, **self.chat_template_kwargs),
-                         add_special_tokens=False)["input_ids"]
-            answer = tok(str(row[key]), add_special_tokens=False)["input_ids"]
-            ids.append(prompt + answer)
-            labels.append([-100] * len(prompt) + answer)
-        width = max(len(x) for x in ids)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        return [{"input_ids": torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
-                 "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
-                 "labels": torch.tensor([y + [-100] * (width - len(y)) for y in labels])}]
+        picked = [ds[int(i)] for i in rows]
+        input_ids, attention_mask, width = self._prompt_completion_batch(
+            [r["prompt"] for r in picked], [r[key] for r in picked])
+        labels = torch.full_like(input_ids, -100)
+        answer = attention_mask[:, -width:].bool()
+        labels[:, -width:] = torch.where(answer, input_ids[:, -width:], labels[:, -width:])
+        return [{"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}]
 
     def _rollout_hooks(self, ctx: RolloutContext, out: dict, *, recompute: bool = False) -> torch.Tensor:
         """reshape_rewards -> estimate -> adjust_advantages over the gathered batch; returns this process's rows."""

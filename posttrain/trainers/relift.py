@@ -169,23 +169,9 @@ class ReliftMixin:
             else float(total)
 
     def _sft_batch(self, rows: List[dict]):
-        """Prompt ids (rendered as the rollout renders them, left-padded) + demonstration ids + EOS (right-padded),
-        as TRL lays out prompt and completion; returns ``(input_ids, attention_mask, completion_width)``."""
-        from trl.trainer.utils import pad
-
-        tok = self.processing_class
-        prompt_ids, _, _ = self._tokenize_prompts([r["prompt"] for r in rows])
-        demo_ids = tok(text=[r["demonstration"] for r in rows], add_special_tokens=False)["input_ids"]
-        eos = tok.eos_token_id
-        completions = [list(d) + ([eos] if eos is not None and (not d or d[-1] != eos) else []) for d in demo_ids]
-        dev = self.accelerator.device
-        p = [torch.tensor(x, dtype=torch.long, device=dev) for x in prompt_ids]
-        c = [torch.tensor(x, dtype=torch.long, device=dev) for x in completions]
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos
-        p_ids, c_ids = pad(p, pad_id, "left"), pad(c, pad_id, "right")
-        p_mask = pad([torch.ones_like(x) for x in p], 0, "left")
-        c_mask = pad([torch.ones_like(x) for x in c], 0, "right")
-        return torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1), c_ids.size(1)
+        """The demonstrations as TRL lays out prompt + completion
+        (:meth:`~posttrain.trainers.grpo.PosttrainGRPOTrainer._prompt_completion_batch`)."""
+        return self._prompt_completion_batch([r["prompt"] for r in rows], [r["demonstration"] for r in rows])
 
     # ------------------------------------------------------------------ checkpoint state
     def posttrain_state(self):
