@@ -86,13 +86,21 @@ def test_bootstrap_ignores_missing_items_and_checks_shapes():
 def test_window_summary_by_hand():
     pts = [(s, float(s)) for s in range(10, 0, -1)]  # unsorted on purpose
     w = stats.window_summary(pts, 0.2)
-    assert w["tail_mean"] == 9.5 and w["tail_points"] == 2  # last 20 % of 10 points: steps 9, 10
+    assert w["tail_mean"] == 9.5 and w["tail_points"] == 2  # last 20 % of the 10 steps: 9, 10
     assert w["auc"] == pytest.approx(49.5)                  # trapezoid of y = x from 1 to 10
     assert w["mean"] == pytest.approx(5.5)
-    assert stats.window_summary(pts, 0.25)["tail_mean"] == 9.0  # ceil(2.5) = 3 points: 8, 9, 10
+    assert stats.window_summary(pts, 0.25)["tail_mean"] == 9.0  # steps > 7.5: 8, 9, 10
     one = stats.window_summary([(3, 0.7), (4, float("nan"))])
     assert one["tail_mean"] == 0.7 and one["auc"] == 0.0 and one["n_points"] == 1
     assert stats.window_summary([])["tail_mean"] is None
+    # the window is the last 20 % of the run's steps, not of the logged points: a curve logged only early (the
+    # entropy of a run whose late steps carried no gradient) has no tail value
+    early = [(11, 0.9), (12, 0.95)]
+    assert stats.window_summary(early, 0.2, last_step=40)["tail_mean"] is None
+    assert stats.window_summary(early, 0.2, last_step=40)["tail_points"] == 0
+    sparse = [(s, float(s)) for s in range(1, 41, 2)] + [(34, 100.0)]   # odd steps 1..39 and step 34
+    w = stats.window_summary(sparse, 0.2, last_step=40)
+    assert w["tail_points"] == 5 and w["tail_mean"] == pytest.approx((33 + 100 + 35 + 37 + 39) / 5)
 
 
 def test_pass_at_k_unbiased():

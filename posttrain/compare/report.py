@@ -78,7 +78,7 @@ def collect_run(plan: Plan, run: PlannedRun) -> Dict[str, Any]:
         pts = _curve(rows, w)
         if pts:
             r["curves"][w] = pts
-            ws = stats.window_summary(pts, spec.window_fraction)
+            ws = stats.window_summary(pts, spec.window_fraction, last_step=s.get("global_step"))
             r["metrics"][f"{w}_tail_mean"] = ws["tail_mean"]
             r["metrics"][f"{w}_auc"] = ws["auc"]
     r["s_per_step"] = _seconds_per_step(s)
@@ -246,8 +246,9 @@ STATISTICS_TEXT = (
     "at this run's seeds and items (normal approximation; se from the primary method: the bootstrap sd, or "
     "sd(d)/√n). A difference whose interval contains 0 is reported as \"no detectable difference (MDE x)\". "
     "Logged curves (e.g. entropy) are summarised per run over a window, never one step: <key>_tail_mean = mean "
-    "of the last {frac:.0%} of the logged steps, <key>_auc = trapezoidal area under the curve over the logged "
-    "steps. Cost: s/step = train seconds / steps; peak memory = the run process's maximum resident set size.")
+    "of the points logged in the last {frac:.0%} of the run's steps (n/a when none was: the policy entropy is "
+    "logged only on steps whose micro-batches carried gradient), <key>_auc = trapezoidal area under the curve over "
+    "the logged steps. Cost: s/step = train seconds / steps; peak memory = the run process's maximum resident set size.")
 
 
 # ---------------------------------------------------------------------------------------------------- format

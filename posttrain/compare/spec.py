@@ -112,7 +112,7 @@ class Spec(_Strict):
     window_metrics: List[str] = Field(default_factory=lambda: ["entropy"], description="metrics.jsonl keys "
                                       "summarised over a window (<key>_tail_mean, <key>_auc).")
     window_fraction: float = Field(0.2, gt=0.0, le=1.0, description="Tail window: the last fraction of the "
-                                   "logged steps.")
+                                   "run's steps.")
     pass_at_k: Optional[PassAtK] = None
     hypervolume: Optional[HypervolumeReport] = None
     jobs: int = Field(1, ge=1, description="Runs in parallel (--jobs overrides).")

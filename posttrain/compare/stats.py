@@ -194,21 +194,27 @@ def mde(se: Optional[float], *, alpha: float = ALPHA, power: float = POWER) -> O
 
 
 # ------------------------------------------------------------------------------------------------ curves
-def window_summary(points: Sequence[Tuple[float, float]], fraction: float = 0.2) -> Dict:
-    """A curve ``[(step, value)]`` summarised over a window: ``tail_mean`` = mean of the last ``ceil(fraction * n)``
-    logged points (at least one), ``auc`` = trapezoidal area under the curve over the logged steps (value × steps;
-    0 for a single point), ``mean`` = auc / (last step - first step) (the step-weighted mean; the value itself for
-    one point). Non-finite values are dropped; points are sorted by step."""
+def window_summary(points: Sequence[Tuple[float, float]], fraction: float = 0.2, *,
+                   last_step: Optional[float] = None) -> Dict:
+    """A curve ``[(step, value)]`` summarised over a window of *steps*: ``tail_mean`` = mean of the points logged in
+    the last ``fraction`` of the run's steps, ``(1 - fraction) * last_step < step <= last_step`` (``last_step``:
+    the run's final step; default the last logged one). ``None`` when nothing was logged there (a curve that stops
+    early, e.g. the entropy of a run whose late steps carried no gradient, is not summarised by an early value).
+    ``auc`` = trapezoidal area under the curve over the logged steps (value × steps; 0 for a single point),
+    ``mean`` = auc / (last logged step - first) (the step-weighted mean; the value itself for one point).
+    Non-finite values are dropped; points are sorted by step."""
     pts = sorted((float(s), float(v)) for s, v in points if v is not None and math.isfinite(v))
     if not pts:
         return {"tail_mean": None, "auc": None, "mean": None, "n_points": 0, "tail_points": 0}
     steps = np.array([p[0] for p in pts])
     vals = np.array([p[1] for p in pts])
-    k = max(1, math.ceil(fraction * len(pts)))
+    end = float(steps[-1]) if last_step is None else float(last_step)
+    tail = vals[(steps > (1.0 - fraction) * end) & (steps <= end)]
     auc = float(np.sum((vals[1:] + vals[:-1]) / 2.0 * np.diff(steps))) if len(pts) > 1 else 0.0
     span = float(steps[-1] - steps[0])
-    return {"tail_mean": float(vals[-k:].mean()), "auc": auc, "mean": auc / span if span > 0 else float(vals[0]),
-            "n_points": len(pts), "tail_points": k, "first_step": float(steps[0]), "last_step": float(steps[-1])}
+    return {"tail_mean": float(tail.mean()) if tail.size else None, "auc": auc,
+            "mean": auc / span if span > 0 else float(vals[0]), "n_points": len(pts), "tail_points": int(tail.size),
+            "first_step": float(steps[0]), "last_step": float(steps[-1])}
 
 
 # ------------------------------------------------------------------------------------------------ hypervolume
