@@ -9,6 +9,10 @@ that training moved the weights, and that the saved model is the trained one.
 training: the units its domain sampler drew (``unit``, ``domains``, ``weights``) and, per training batch, the
 domain ids of its own rows and the weights in use (``posttrain.trainers.domains``); the multi-process test checks
 that the ranks draw one stream and take disjoint slices of it.
+
+``POSTTRAIN_DEBUG_NAN_LOSS=RANK:STEP[,RANK:STEP...]`` (fault injection): the training loss of process RANK is NaN at
+the listed 1-based optimizer steps, as after a numerical blow-up on one replica; the multi-process test checks
+that every process then skips the same step (:mod:`posttrain.trainers.guards`).
 """
 from __future__ import annotations
 
@@ -20,6 +24,16 @@ from transformers import TrainerCallback
 
 DUMP_ENV = "POSTTRAIN_DEBUG_PARAM_DUMP"
 DOMAIN_DUMP_ENV = "POSTTRAIN_DEBUG_DOMAIN_DUMP"
+NAN_LOSS_ENV = "POSTTRAIN_DEBUG_NAN_LOSS"
+
+
+def nan_loss_steps(rank: int) -> frozenset:
+    """The 1-based optimizer steps at which this rank's loss is made NaN (``POSTTRAIN_DEBUG_NAN_LOSS``)."""
+    spec = os.environ.get(NAN_LOSS_ENV, "").strip()
+    if not spec:
+        return frozenset()
+    pairs = [item.split(":") for item in spec.split(",") if item.strip()]
+    return frozenset(int(step) for r, step in pairs if int(r) == rank)
 
 
 def debug_callbacks() -> list:

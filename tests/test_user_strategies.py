@@ -139,6 +139,14 @@ def test_a_user_strategy_without_a_hook_of_its_kind_is_refused_at_validate_time(
     assert "implements none of the hooks" in msg and "\n" not in msg, msg
 
 
+def test_a_user_token_strategy_that_raises_on_the_dry_run_is_one_line_at_validate_time():
+    with pytest.raises(RecipeError) as err:
+        load_recipe(ROOT / "recipes" / "tiny_grpo.yaml", [f"weighting.tokens=[{{name: '{USER}:ExplodesAlways'}}]"])
+    msg = str(err.value)
+    assert "weighting.tokens: a strategy 'ExplodesAlways' failed on the validate-time synthetic batch" in msg, msg
+    assert "RuntimeError: boom in token_weights" in msg and "\n" not in msg, msg
+
+
 def test_a_user_strategy_of_the_wrong_kind_is_refused(tiny, tmp_path):
     with pytest.raises(UserError, match="implements estimate, which the trainer never calls on a sequence"):
         _trainer(tiny, tmp_path, sequences=[{"name": f"{USER}:ZeroAdvantages"}])

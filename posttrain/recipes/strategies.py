@@ -68,6 +68,11 @@ def check_strategies(recipe, reward_names: Sequence[str], fail: Callable[[str, A
                 dry_run(strategies)
             except (ValueError, TypeError) as exc:
                 raise_prefixed(fail, path, exc)
+            except Exception as exc:  # noqa: BLE001 - a user's strategy code: one line, not a traceback
+                msg = str(exc).splitlines()[0] if str(exc) else ""
+                names = ", ".join(protocol.label(s) for s in strategies)
+                fail(path, f"{names} failed on the validate-time synthetic batch (4 sequences x 3 tokens, groups of "
+                           f"2): {type(exc).__name__}: {msg}")
         built += strategies
     if w.domains:  # the strategy's own arguments (trainer options such as update_every split off)
         from posttrain.data.mixture import split_domain_spec

@@ -193,16 +193,23 @@ class DomainMixtureMixin:
         return ctx
 
     def _domain_call(self, hook: str, ctx: DomainContext) -> List[float]:
+        """Run one hook; a failure is one line naming the strategy and the hook, raised on every process when it
+        happens on any."""
+        from posttrain.errors import StrategyFailed
+        from posttrain.trainers.guards import raise_if_failed_anywhere
+
+        result, failure = None, None
         try:
-            return list(getattr(self._domain_strategy, hook)(ctx))
+            result = list(getattr(self._domain_strategy, hook)(ctx))
         except (UserError,):
             raise
         except Exception as exc:  # noqa: BLE001 - a failing strategy is one line naming it and the hook
-            from posttrain.errors import StrategyFailed
-
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StrategyFailed(f"{protocol.label(self._domain_strategy)} failed in {hook}: "
-                                 f"{type(exc).__name__}: {msg}") from exc
+            failure = StrategyFailed(f"{protocol.label(self._domain_strategy)} failed in {hook}: "
+                                     f"{type(exc).__name__}: {msg}")
+            failure.__cause__ = exc
+        raise_if_failed_anywhere(self.accelerator, failure)
+        return result
 
     def _domain_step_end(self, global_step: int) -> None:
         if self._domain is None or global_step % self._domain_options.update_every:

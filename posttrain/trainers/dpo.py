@@ -30,7 +30,7 @@ from posttrain.losses import weighted_preference_loss
 from posttrain.registry import RegistryError
 from posttrain.trainers.checkpointing import CheckpointStateMixin
 from posttrain.trainers.columns import FloatColumnsCollator, KeepColumnsMixin
-from posttrain.trainers.guards import GuardedTrainerMixin, zero_loss
+from posttrain.trainers.guards import GuardedTrainerMixin, raise_if_failed_anywhere, zero_loss
 from posttrain.weighting.pairs import build_pair_strategies, required_columns, split_pair_strategies
 from posttrain.weighting.pair_specs import PairWeighting
 from posttrain.weighting.protocol import PairContext, Strategy, StrategyEnv, StrategyError
@@ -148,14 +148,25 @@ class AdaptiveDPOTrainer(KeepColumnsMixin, GuardedTrainerMixin, CheckpointStateM
             loss = zero_loss(model)
         return (loss, result[1]) if return_outputs else loss
 
-    def _call_hook(self, strategy: Strategy, hook: str, ctx: PairContext):
+    def _call_hook(self, strategy: Strategy, hook: str, ctx: PairContext, *, shape=None):
+        """Run one hook (and check the shape of its tensor result against ``shape``); a failure is one line naming
+        the strategy and the hook, raised on every process when it happens on any."""
+        result, failure = None, None
         try:
-            return getattr(strategy, hook)(ctx)
+            result = getattr(strategy, hook)(ctx)
+            if shape is not None:
+                result = torch.as_tensor(result)
+                if tuple(result.shape) != shape:
+                    failure = StrategyFailed(f"pair strategy '{_label(strategy)}' returned weights of shape "
+                                             f"{tuple(result.shape)} from {hook}, expected {list(shape)}")
         except (UserError, RunStopped):
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of a strategy's code is reported in one line
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StrategyFailed(f"pair strategy '{_label(strategy)}' failed in {hook}: {msg}") from exc
+            failure = StrategyFailed(f"pair strategy '{_label(strategy)}' failed in {hook}: {msg}")
+            failure.__cause__ = exc
+        raise_if_failed_anywhere(self.accelerator, failure)
+        return result
 
     def _weighted_loss(self, inputs, policy_tok, ref_tok, columns) -> torch.Tensor:
         mode = "train" if self.model.training else "eval"
@@ -181,10 +192,7 @@ class AdaptiveDPOTrainer(KeepColumnsMixin, GuardedTrainerMixin, CheckpointStateM
         if self._weighters:
             strategy_weights = torch.ones_like(weights)
             for strategy in self._weighters:
-                w = torch.as_tensor(self._call_hook(strategy, "pair_weights", ctx))
-                if w.shape != (n,):
-                    raise StrategyFailed(f"pair strategy '{_label(strategy)}' returned weights of shape "
-                                         f"{tuple(w.shape)} from pair_weights, expected [{n}]")
+                w = self._call_hook(strategy, "pair_weights", ctx, shape=(n,))
                 strategy_weights = strategy_weights * w.to(weights)
             weights = weights * strategy_weights.detach()
         if "margin" in columns:

@@ -33,7 +33,7 @@ from posttrain.trainers.checkpointing import CheckpointStateMixin
 from posttrain.trainers.domains import DomainMixtureMixin
 from posttrain.trainers.dynamic_sampling import DynamicSamplingMixin
 from posttrain.trainers.forward import ChunkedLogprobsMixin
-from posttrain.trainers.guards import GuardedTrainerMixin, RewardFailureMixin, zero_loss
+from posttrain.trainers.guards import GuardedTrainerMixin, RewardFailureMixin, raise_if_failed_anywhere, zero_loss
 from posttrain.trainers.relift import ReliftMixin
 from posttrain.trainers.token_loss import TokenLossMixin
 from posttrain.weighting import protocol
@@ -335,15 +335,22 @@ class PosttrainGRPOTrainer(ChunkedLogprobsMixin, ReliftMixin, DynamicSamplingMix
         return services.policy_gradients(self, out, advantages_KN, self._gradient_params[parameters], local)
 
     def _call(self, strategy, hook: str, ctx):
-        """Run one hook; a failure is one line naming the strategy and the hook (the step then stops the run)."""
+        """Run one hook; a failure is one line naming the strategy and the hook (the step then stops the run), raised
+        on every process when it happens on any."""
+        result, failure = None, None
         try:
-            return getattr(strategy, hook)(ctx)
-        except (UserError, RunStopped, StrategyFailed):
+            result = getattr(strategy, hook)(ctx)
+        except (UserError, RunStopped):
             raise
+        except StrategyFailed as exc:
+            failure = exc
         except Exception as exc:  # noqa: BLE001 - any failure of a strategy is reported the same way
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             logger.exception("%s failed in %s", protocol.label(strategy), hook)
-            raise StrategyFailed(f"{protocol.label(strategy)} failed in {hook}: {type(exc).__name__}: {msg}") from exc
+            failure = StrategyFailed(f"{protocol.label(strategy)} failed in {hook}: {type(exc).__name__}: {msg}")
+            failure.__cause__ = exc
+        raise_if_failed_anywhere(self.accelerator, failure)
+        return result
 
     def _log_metric(self, key: str, value: float) -> None:
         self._metrics["train" if self.model.training else "eval"][key].append(float(value))

@@ -11,9 +11,15 @@ exits with a one-line message (:class:`posttrain.errors.RunStopped`).
 Other stop requests (too many failed rewards in a step) go through :meth:`StepGuard.request_stop`: the current
 step is skipped the same way, a checkpoint is written and the run ends.
 
-Limitation: under DeepSpeed the gradients live in the engine's partitioned buffers, not in ``param.grad``; there
-the loss check still works (a non-finite loss skips the step) but a finite loss with non-finite gradients is
-not detected here.
+With several processes the decision is collective: after every micro-batch the processes agree (one all-reduce of
+two flags) on whether any of them saw a non-finite loss or asked for a stop, and then all of them backpropagate the
+same exact zero, count the same skip and stop at the same step. A decision on one process only would leave the
+others in collectives it never joins (a hang under ZeRO-3) or fill DeepSpeed's gradient buckets in another order.
+
+Under DeepSpeed the engine takes the optimizer step inside ``backward``, before this callback runs, and its
+gradients live in partitioned buffers, not in ``param.grad``. There a non-finite micro-batch contributes an exact
+zero gradient and the step counts as skipped, but the optimizer still steps on the step's other micro-batches, and
+Adam's momentum still moves the weights; a finite loss with non-finite gradients is not detected.
 """
 from __future__ import annotations
 
@@ -54,6 +60,11 @@ class StepGuard(TrainerCallback):
         self.losses.append(value)
         if not math.isfinite(value):
             self.nonfinite_loss = True
+
+    @property
+    def stop_pending(self) -> bool:
+        """A stop was requested during the current step (it is skipped, then the run stops)."""
+        return self._skip_next
 
     def request_stop(self, reason: str, **details) -> None:
         """Skip the current step, save a checkpoint and stop (e.g. too many failed rewards)."""
@@ -143,9 +154,38 @@ class StepGuard(TrainerCallback):
 
 
 def zero_loss(model) -> torch.Tensor:
-    """An exact zero connected to every trainable parameter (backward gives zero gradients; works with sharded
-    DeepSpeed parameters)."""
-    return torch.stack([p.sum() for p in model.parameters() if p.requires_grad]).sum() * 0.0
+    """An exact zero whose backward gives every trainable parameter a zero gradient.
+
+    Without ZeRO-3 it is the sum of the parameters times 0 (no forward pass). Under ZeRO-3 a parameter outside a
+    forward is an empty shard that cannot take a full-size gradient, and DeepSpeed fills the partitioned gradients
+    from the modules' backward hooks; there it is the logits of a one-token forward times 0, which runs every
+    module's gather and reduce. Every process must call it together (the guard decides collectively).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not any(hasattr(p, "ds_numel") for p in params):
+        return torch.stack([p.sum() for p in params]).sum() * 0.0
+    device = getattr(model, "device", None) or params[0].device
+    token = torch.zeros(1, 1, dtype=torch.long, device=device)
+    return model(input_ids=token, use_cache=False).logits.float().sum() * 0.0
+
+
+def raise_if_failed_anywhere(accelerator, failure: Optional[Exception]) -> None:
+    """Raise ``failure`` on every process if a strategy hook failed on any of them (one all-reduce; the others raise
+    the message of the first process that failed). Every process calls this after the same hook: a failure on one
+    process only would leave the others in the collectives that follow it."""
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(torch.tensor([float(failure is not None)], device=accelerator.device),
+                                  reduction="sum")
+        if bool(flag.item() > 0):
+            from accelerate.utils import gather_object
+
+            from posttrain.errors import StrategyFailed
+
+            messages = [m for m in gather_object([None if failure is None else str(failure)]) if m]
+            if failure is None:
+                failure = StrategyFailed(f"{messages[0]} (on another process)")
+    if failure is not None:
+        raise failure
 
 
 class GuardedTrainerMixin:
@@ -155,18 +195,48 @@ class GuardedTrainerMixin:
     guard: StepGuard
 
     def _install_guard(self, max_nonfinite_steps: int = 3, diagnostics_dir=None) -> None:
+        from posttrain.debug import nan_loss_steps
+
         self.guard = StepGuard(max_nonfinite_steps, diagnostics_dir)
         self.add_callback(self.guard)
+        self._debug_nan_steps = nan_loss_steps(self.accelerator.process_index)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = out[0] if return_outputs else out
+        if self.state.global_step + 1 in self._debug_nan_steps and self.model.training:
+            loss = loss * float("nan")  # fault injection (posttrain.debug), off unless the variable is set
         self.guard.record_loss(loss)
-        if not torch.isfinite(loss):
-            # Backpropagate an exact zero instead (the guard then skips the step): keeps NaN out of gradient
-            # buffers we cannot inspect, e.g. DeepSpeed's.
+        nonfinite, stopping = self._agree_on_skip(not bool(torch.isfinite(loss.detach())), self.guard.stop_pending)
+        if stopping:
+            reason = self._gathered_stop_reason()
+            if not self.guard.stop_pending:
+                self.guard.request_stop(reason)
+        if nonfinite:
+            self.guard.nonfinite_loss = True
+        if nonfinite or stopping:
+            # Every process backpropagates the same exact zero (the guard then skips the step): keeps NaN out of
+            # gradient buffers we cannot inspect, e.g. DeepSpeed's, and runs the same collectives everywhere.
             loss = zero_loss(model)
         return (loss, *out[1:]) if return_outputs else loss
+
+    def _agree_on_skip(self, nonfinite: bool, stopping: bool) -> tuple:
+        """(any process has a non-finite loss, any process asked for a stop), by one all-reduce; local with one
+        process."""
+        if self.accelerator.num_processes == 1:
+            return nonfinite, stopping
+        flags = torch.tensor([float(nonfinite), float(stopping)], device=self.accelerator.device)
+        flags = self.accelerator.reduce(flags, reduction="sum")
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    def _gathered_stop_reason(self) -> str:
+        """The stop reason of the first process that asked for one (every process calls this together)."""
+        if self.accelerator.num_processes == 1:
+            return self.guard.stop_reason or "stop requested"
+        from accelerate.utils import gather_object
+
+        reasons = [r for r in gather_object([self.guard.stop_reason if self.guard.stop_pending else None]) if r]
+        return reasons[0] if reasons else "another process stopped the run"
 
     def posttrain_state(self):  # saved in checkpoints by CheckpointStateMixin (next in the MRO)
         state = super().posttrain_state()

@@ -36,7 +36,7 @@ from posttrain.registry import RegistryError
 from posttrain.trainers.checkpointing import CheckpointStateMixin
 from posttrain.trainers.columns import FloatColumnsCollator, KeepColumnsMixin
 from posttrain.trainers.domains import DomainMixtureMixin
-from posttrain.trainers.guards import GuardedTrainerMixin, zero_loss
+from posttrain.trainers.guards import GuardedTrainerMixin, raise_if_failed_anywhere, zero_loss
 from posttrain.weighting.protocol import SampleContext, StrategyEnv, StrategyError, label, required_columns
 from posttrain.weighting.sequences import token_mean_nll
 
@@ -118,17 +118,24 @@ class _SampleWeightedSFT(SFTTrainer):
             log=lambda key, value: self._metrics["train"][key].append(float(value)))
 
     def _call_sample_hook(self, strategy, ctx: SampleContext) -> torch.Tensor:
+        """Run ``sample_weights`` and check its result; a failure is one line naming the strategy, raised on every
+        process when it happens on any."""
+        w, failure = None, None
         try:
-            w = strategy.sample_weights(ctx)
-        except (UserError, RunStopped, StrategyFailed):
+            w = torch.as_tensor(strategy.sample_weights(ctx))
+            if w.shape != ctx.losses_N.shape or not torch.isfinite(w).all() or (w < 0).any():
+                failure = StrategyFailed(f"{label(strategy, 'sample')}: sample_weights must return "
+                                         f"{ctx.losses_N.numel()} finite, non-negative weights, got shape "
+                                         f"{tuple(w.shape)}")
+        except (UserError, RunStopped):
             raise
+        except StrategyFailed as exc:
+            failure = exc
         except Exception as exc:  # noqa: BLE001 - a strategy failing is a stop with one line, not a traceback
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StrategyFailed(f"{label(strategy, 'sample')} failed in sample_weights: {type(exc).__name__}: {msg}") from exc
-        w = torch.as_tensor(w)
-        if w.shape != ctx.losses_N.shape or not torch.isfinite(w).all() or (w < 0).any():
-            raise StrategyFailed(f"{label(strategy, 'sample')}: sample_weights must return {ctx.losses_N.numel()} finite, "
-                                 f"non-negative weights, got shape {tuple(w.shape)}")
+            failure = StrategyFailed(f"{label(strategy, 'sample')} failed in sample_weights: {type(exc).__name__}: {msg}")
+            failure.__cause__ = exc
+        raise_if_failed_anywhere(self.accelerator, failure)
         return w.detach()
 
     def _weighted_loss(self, log_probs, label_mask, columns, num_items_in_batch) -> torch.Tensor:

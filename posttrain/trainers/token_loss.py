@@ -16,6 +16,7 @@ from posttrain.errors import RunStopped, StrategyFailed, UserError
 from posttrain.losses import AdaptiveEntropyCoef, entropy_bonus, policy_loss
 from posttrain.losses.policy import TRL_LOSS_TYPES, trl_scaled_loss
 from posttrain.trainers import grpo_services as services
+from posttrain.trainers.guards import raise_if_failed_anywhere
 from posttrain.weighting.tokens import (TokenBatch, apply_token_strategies, build_token_strategies, required_inputs,
                                         token_kinds, token_weight_stats)
 
@@ -104,14 +105,18 @@ class TokenLossMixin:
         if "full_logprobs" in self._token_needs:
             hidden, head = services.last_hidden_and_head(self, model, input_ids, attention_mask, logits_to_keep)
             batch = batch.replace(hidden=hidden, lm_head_weight=head)
+        failure = None
         try:
             result = self._apply_token_strategies(batch)
         except (UserError, RunStopped):
             raise
         except Exception as exc:  # noqa: BLE001 - a failing strategy stops the run with a checkpoint
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            self.guard.request_stop(str(StrategyFailed(f"token strategy failed in its hook: {type(exc).__name__}: "
-                                                       f"{msg}")))
+            failure = StrategyFailed(f"token strategy failed in its hook: {type(exc).__name__}: {msg}")
+        try:
+            raise_if_failed_anywhere(self.accelerator, failure)  # every process leaves here together
+        except StrategyFailed as exc:
+            self.guard.request_stop(str(exc))
             return (logps * mask).sum() * 0.0  # this step is skipped; a checkpoint is written and the run stops
 
         mode = "train" if self.model.training else "eval"

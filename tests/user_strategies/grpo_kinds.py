@@ -1,5 +1,7 @@
 """User strategies of every GRPO kind, written outside ``posttrain/`` exactly as a user would, for the tests that
 check that each one takes effect in a real training run (``tests.user_strategies.grpo_kinds:<Class>``)."""
+import os
+
 import torch
 
 from posttrain.weighting.protocol import Strategy, StrategyConfig
@@ -67,3 +69,20 @@ class OnesTokenWeights(Strategy):
 
     def token_weights(self, batch):
         return batch.mask.float()
+
+
+class ExplodesOnRankOne(Strategy):
+    """Token strategy (neutral weights) whose hook raises on process 1 only once training runs (the validate-time
+    dry run happens before the process group exists): every process must stop at that step."""
+
+    def token_weights(self, batch):
+        if torch.distributed.is_initialized() and int(os.environ.get("RANK", "0")) == 1:
+            raise RuntimeError("boom on rank 1 only")
+        return torch.ones_like(batch.mask, dtype=torch.float32)
+
+
+class ExplodesAlways(Strategy):
+    """Token strategy whose hook always raises (a RuntimeError): refused at validate time, in one line."""
+
+    def token_weights(self, batch):
+        raise RuntimeError("boom in token_weights")
