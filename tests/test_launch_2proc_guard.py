@@ -42,3 +42,14 @@ def test_a_strategy_failing_on_one_process_stops_every_process_at_that_step(tmp_
     assert any("(on another process)" in line for line in stopped), stopped  # rank 0 names where it happened
     summary = json.loads((out / "summary.json").read_text())
     assert summary["global_step"] == 1 and summary["checkpoint"], summary
+
+
+def test_zero3_skips_micro_batches_without_gradient(tmp_path):
+    """The tiny model never writes a correct answer: every advantage is 0, so every micro-batch is skipped (no policy
+    forward). Under ZeRO-3 the exact zero that stands in must still fill the partitioned gradients."""
+    out, dumps = launch_two(tmp_path, "recipes/tiny_grpo.yaml", "distributed.zero_stage=3", "output.save_model=false")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "zero_advantage/skipped_fraction" in r]
+    assert [r["zero_advantage/skipped_fraction"] for r in steps] == [1.0, 1.0]
+    for name, tensor in dumps["0_end"].items():  # Adam on zero gradients from the start: no move at all
+        assert torch.equal(tensor, dumps["0_begin"][name]) and torch.equal(tensor, dumps["1_end"][name]), name

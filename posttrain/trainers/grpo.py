@@ -87,9 +87,6 @@ class PosttrainGRPOTrainer(ChunkedLogprobsMixin, ReliftMixin, DynamicSamplingMix
         self._setup_domains(domains)
         self._step_ctx = None
         self._local_texts, self._step_inputs = [], []
-        from posttrain.distributed import is_zero3
-
-        self._zero3 = is_zero3(self)
         self._policy_stat_rewards = services.needs_policy_stats(self.reward_funcs)
         self._rollout_prompt_ids = None
 
@@ -404,7 +401,7 @@ class PosttrainGRPOTrainer(ChunkedLogprobsMixin, ReliftMixin, DynamicSamplingMix
         exactly 0, so the forward and backward passes are skipped (decided over all processes, logged)."""
         mode = "train" if self.model.training else "eval"
         if mode != "train" or self.beta != 0.0 or self._entropy_bonus_enabled or self.aux_loss_enabled \
-                or self._token_shapes_loss or self._zero3:  # ZeRO-3 needs every partitioned gradient filled
+                or self._token_shapes_loss:
             return False
         peak = self.accelerator.reduce(inputs["advantages"].detach().abs().max().reshape(1).float(), reduction="sum")
         skip = bool(peak.item() == 0.0)
