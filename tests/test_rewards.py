@@ -194,6 +194,30 @@ def test_minilm_similarity_prompt_and_column():
         score("minilm_similarity", ["a"], {"target": "tweet"})
 
 
+def test_copied_fraction_hand_computed():
+    from posttrain.rewards.similarity import copied_fraction
+
+    tweet = "@united lost my bag again, worst airline"
+    assert copied_fraction("@united lost my bag again", tweet) == 1.0          # 4 of 4 bigrams copied
+    # bigrams: (so, sorry) (sorry, united) (united, lost) (lost, my) (my, bag): 2 of 5 are in the tweet
+    assert copied_fraction("So sorry united lost my bag", tweet) == pytest.approx(0.4)
+    assert copied_fraction("Hope it gets better!", tweet) == 0.0
+    assert copied_fraction("LOST", tweet) == 1.0 and copied_fraction("Thanks", tweet) == 0.0  # one word: unigram
+    assert copied_fraction("", tweet) == 0.0 and copied_fraction("!!", tweet) == 0.0
+
+
+def test_minilm_similarity_copy_penalty():
+    tweet = ["@united lost my bag again, worst airline"] * 3
+    comps = ["@united lost my bag again, worst airline", "So sorry united lost my bag", "Stocks fell sharply."]
+    plain = score("minilm_similarity", comps, {"target": "tweet"}, tweet=tweet)
+    pen = score("minilm_similarity", comps, {"target": "tweet", "copy_penalty": True}, tweet=tweet)
+    assert plain[0] == pytest.approx(1.0, abs=1e-4) and pen[0] == 0.0  # a verbatim copy scores 0
+    assert pen[1] == pytest.approx(plain[1] * 0.6, abs=1e-6) and pen[1] > pen[2]  # 2 of 5 bigrams copied
+    assert pen[2] == pytest.approx(plain[2], abs=1e-6)                             # nothing copied: unchanged
+    with pytest.raises(TypeError, match="copy_penalty must be bool"):
+        score("minilm_similarity", comps, {"target": "tweet", "copy_penalty": "yes"}, tweet=tweet)
+
+
 @pytest.mark.skipif(not os.environ.get("POSTTRAIN_TEST_ST"), reason="set POSTTRAIN_TEST_ST=1 (imports sentence-transformers, ~15 s)")
 def test_minilm_matches_sentence_transformers():
     """Our transformers-only MiniLM (mean pooling + L2 norm) equals sentence-transformers' (measured: 1.5e-8)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -114,12 +115,27 @@ def encode_texts(texts: list[str], *, batch_size: int = 64):
     return emb[[index[t] for t in texts]]
 
 
+_WORD = re.compile(r"[a-z0-9@#']+")
+
+
+def copied_fraction(text: str, reference: str) -> float:
+    """Share of the word bigrams of ``text`` that also occur in ``reference`` (lower-cased words of letters, digits,
+    ``@``, ``#`` and ``'``; a one-word text: whether that word occurs). 0.0 for a text without words."""
+    words, ref = _WORD.findall(text.lower()), _WORD.findall(reference.lower())
+    if len(words) < 2:
+        return float(bool(words) and words[0] in set(ref))
+    grams = list(zip(words, words[1:]))
+    ref_grams = set(zip(ref, ref[1:]))
+    return sum(g in ref_grams for g in grams) / len(grams)
+
+
 class MiniLMSimilarity(RewardFunction):
     default_name = "minilm_similarity"
 
-    def __init__(self, target: str, name: str | None):
+    def __init__(self, target: str, name: str | None, copy_penalty: bool = False):
         super().__init__(name)
         self.target = target
+        self.copy_penalty = copy_penalty
 
     def score(self, texts, *, prompts, completion_ids, **kwargs):
         if self.target == "prompt":
@@ -143,14 +159,21 @@ class MiniLMSimilarity(RewardFunction):
             k = len(keep)
             sims = (emb[:k] * emb[k:]).sum(axis=1)
             for j, i in enumerate(keep):
-                out[i] = float(max(-1.0, min(1.0, sims[j])))
+                sim = float(max(-1.0, min(1.0, sims[j])))
+                out[i] = sim * (1.0 - copied_fraction(texts[i], refs[i])) if self.copy_penalty else sim
         return out
 
 
 @register_reward("minilm_similarity")
-def minilm_similarity(*, target: str = "prompt", name: str | None = None) -> MiniLMSimilarity:
+def minilm_similarity(*, target: str = "prompt", copy_penalty: bool = False,
+                      name: str | None = None) -> MiniLMSimilarity:
     """Cosine similarity in [-1, 1] (in practice about [0, 1]) between the completion and a reference text,
     embedded with all-MiniLM-L6-v2.
+
+    ``copy_penalty=True`` multiplies it by 1 − :func:`copied_fraction` (the share of the completion's word bigrams
+    found in the reference), so that copying the reference, which maximises the plain cosine, scores 0: a
+    relevance objective that a policy cannot satisfy by echoing its input. This is our construction, not a
+    published reward.
 
     ``target="prompt"``: the prompt text (for a conversation, the last user message — not the system message or an
     assistant pre-fill); any other value names a dataset column holding the reference text, e.g. ``"tweet"`` for
@@ -159,6 +182,7 @@ def minilm_similarity(*, target: str = "prompt", name: str | None = None) -> Min
     """
     owner = "minilm_similarity"
     check_type(owner, "target", target, str)
+    check_type(owner, "copy_penalty", copy_penalty, bool)
     if not target:
         raise ValueError(f"{owner}: target must be 'prompt' or a dataset column name, got ''")
-    return MiniLMSimilarity(target, name)
+    return MiniLMSimilarity(target, name, copy_penalty)
