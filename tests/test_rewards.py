@@ -150,6 +150,15 @@ def test_brevity_by_ids_and_words():
     assert words(completions=["", "a", "a b", "a b c d e"]) == pytest.approx([1.0, 0.75, 0.5, 0.0])
 
 
+def test_brevity_band_with_min_tokens():
+    fn = build_reward("brevity", {"max_tokens": 12, "target_tokens": 8, "min_tokens": 4, "eos_token_id": EOS})
+    ids = [[], [5, EOS], [5] * 3, [5] * 4, [5] * 8 + [EOS], [5] * 10, [5] * 12]
+    # 0 -> 0, 1 -> 1/4, 3 -> 3/4, 4..8 -> 1, 10 -> (12 - 10) / (12 - 8), 12 -> 0
+    assert fn(completions=["x"] * 7, completion_ids=ids) == pytest.approx([0.0, 0.25, 0.75, 1.0, 1.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="min_tokens \\(9\\) must not exceed target_tokens \\(8\\)"):
+        build_reward("brevity", {"max_tokens": 12, "target_tokens": 8, "min_tokens": 9})
+
+
 def test_length_penalty_dapo_soft_overlong():
     fn = build_reward("length_penalty", {"max_tokens": 10, "buffer_tokens": 4})
     ids = [[1] * k for k in (3, 6, 8, 10, 11)]

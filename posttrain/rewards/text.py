@@ -65,17 +65,20 @@ def format_reward(
 class Brevity(RewardFunction):
     default_name = "brevity"
 
-    def __init__(self, max_tokens: int, target_tokens: int, eos_token_id, name: str | None):
+    def __init__(self, max_tokens: int, target_tokens: int, eos_token_id, name: str | None, min_tokens: int = 0):
         super().__init__(name)
         self.max_tokens = max_tokens
         self.target_tokens = target_tokens
+        self.min_tokens = min_tokens
         self.eos_token_ids = normalize_eos(self.default_name, eos_token_id)
 
     def score(self, texts, *, prompts, completion_ids, **kwargs):
         out = []
         for i, text in enumerate(texts):
             n = self._token_count(text, None if completion_ids is None else completion_ids[i])
-            if n <= self.target_tokens:
+            if n < self.min_tokens:
+                out.append(n / self.min_tokens)
+            elif n <= self.target_tokens:
                 out.append(1.0)
             elif n >= self.max_tokens:
                 out.append(0.0)
@@ -86,20 +89,29 @@ class Brevity(RewardFunction):
 
 @register_reward("brevity")
 def brevity(
-    *, max_tokens: int, target_tokens: int = 0, eos_token_id: int | list[int] | None = None, name: str | None = None
+    *, max_tokens: int, target_tokens: int = 0, min_tokens: int = 0, eos_token_id: int | list[int] | None = None,
+    name: str | None = None
 ) -> Brevity:
     """Shortness in [0, 1]: 1.0 up to ``target_tokens``, falling linearly to 0.0 at ``max_tokens`` and beyond.
 
+    ``min_tokens > 0`` makes it a length band: below ``min_tokens`` the score rises linearly from 0.0 (empty) to
+    1.0, so that a one-word reply cannot satisfy it (our extension, for objectives that should not be met by
+    any short reply).
+
     Length is the number of generated tokens (``completion_ids``, not counting a final EOS when the EOS id is known)
-    or, when no ids are passed, the number of whitespace-separated words. An empty completion scores 1.0, so
-    combine brevity with a correctness reward. Needs ``0 <= target_tokens < max_tokens``.
+    or, when no ids are passed, the number of whitespace-separated words. With ``min_tokens = 0`` an empty
+    completion scores 1.0, so combine brevity with a correctness reward. Needs
+    ``0 <= min_tokens <= target_tokens < max_tokens``.
     """
     owner = "brevity"
     check_positive_int(owner, "max_tokens", max_tokens)
     check_positive_int(owner, "target_tokens", target_tokens, allow_zero=True)
+    check_positive_int(owner, "min_tokens", min_tokens, allow_zero=True)
     if target_tokens >= max_tokens:
         raise ValueError(f"{owner}: target_tokens ({target_tokens}) must be smaller than max_tokens ({max_tokens})")
-    return Brevity(max_tokens, target_tokens, eos_token_id, name)
+    if min_tokens > target_tokens:
+        raise ValueError(f"{owner}: min_tokens ({min_tokens}) must not exceed target_tokens ({target_tokens})")
+    return Brevity(max_tokens, target_tokens, eos_token_id, name, min_tokens)
 
 
 class LengthPenalty(RewardFunction):
