@@ -164,6 +164,10 @@ def test_testbed_specs_plan_matched_and_paper_settings(name, tmp_path, capsys):
         assert r["hypervolume_reward"]["weighting"]["objectives"]["hypervolume"]["apply_to"] == "reward"
         assert r["hypervolume_adv"]["weighting"]["objectives"]["hypervolume"]["apply_to"] == "advantage"
         assert "cancels" not in err  # the reward placement runs with un-normalised advantages
+        for arm, x in r.items():  # the pilot-chosen objectives: relevance that copying cannot satisfy, a length band
+            rewards = {w["args"]["name"]: w["args"] for w in x["rewards"]}
+            assert rewards["relevance"]["copy_penalty"] is True, arm
+            assert arm == "trust" or rewards["brevity"]["min_tokens"] == 8, arm
 
 
 def test_a_burn_in_longer_than_the_run_warns_when_a_spec_is_planned(tmp_path, capsys):
