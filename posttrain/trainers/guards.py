@@ -169,6 +169,17 @@ def zero_loss(model) -> torch.Tensor:
     return model(input_ids=token, use_cache=False).logits.float().sum() * 0.0
 
 
+def first_message_anywhere(accelerator, message: Optional[str]) -> Optional[str]:
+    """The first non-empty ``message`` over the processes, in process order (every process calls this together;
+    with one process, ``message`` itself)."""
+    if accelerator.num_processes == 1:
+        return message
+    from accelerate.utils import gather_object
+
+    messages = [m for m in gather_object([message]) if m]
+    return messages[0] if messages else None
+
+
 def raise_if_failed_anywhere(accelerator, failure: Optional[Exception]) -> None:
     """Raise ``failure`` on every process if a strategy hook failed on any of them (one all-reduce; the others raise
     the message of the first process that failed). Every process calls this after the same hook: a failure on one
@@ -177,13 +188,11 @@ def raise_if_failed_anywhere(accelerator, failure: Optional[Exception]) -> None:
         flag = accelerator.reduce(torch.tensor([float(failure is not None)], device=accelerator.device),
                                   reduction="sum")
         if bool(flag.item() > 0):
-            from accelerate.utils import gather_object
-
             from posttrain.errors import StrategyFailed
 
-            messages = [m for m in gather_object([None if failure is None else str(failure)]) if m]
+            message = first_message_anywhere(accelerator, None if failure is None else str(failure))
             if failure is None:
-                failure = StrategyFailed(f"{messages[0]} (on another process)")
+                failure = StrategyFailed(f"{message} (on another process)")
     if failure is not None:
         raise failure
 
@@ -231,12 +240,10 @@ class GuardedTrainerMixin:
 
     def _gathered_stop_reason(self) -> str:
         """The stop reason of the first process that asked for one (every process calls this together)."""
-        if self.accelerator.num_processes == 1:
-            return self.guard.stop_reason or "stop requested"
-        from accelerate.utils import gather_object
-
-        reasons = [r for r in gather_object([self.guard.stop_reason if self.guard.stop_pending else None]) if r]
-        return reasons[0] if reasons else "another process stopped the run"
+        reason = first_message_anywhere(self.accelerator, self.guard.stop_reason if self.guard.stop_pending else None)
+        if reason:
+            return reason
+        return "stop requested" if self.accelerator.num_processes == 1 else "another process stopped the run"
 
     def posttrain_state(self):  # saved in checkpoints by CheckpointStateMixin (next in the MRO)
         state = super().posttrain_state()
