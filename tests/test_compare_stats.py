@@ -98,6 +98,7 @@ def test_window_summary_by_hand():
     early = [(11, 0.9), (12, 0.95)]
     assert stats.window_summary(early, 0.2, last_step=40)["tail_mean"] is None
     assert stats.window_summary(early, 0.2, last_step=40)["tail_points"] == 0
+    assert stats.window_summary(early, 0.2, last_step=40)["last_logged_step"] == 12.0   # the curve's end, not the run's
     sparse = [(s, float(s)) for s in range(1, 41, 2)] + [(34, 100.0)]   # odd steps 1..39 and step 34
     w = stats.window_summary(sparse, 0.2, last_step=40)
     assert w["tail_points"] == 5 and w["tail_mean"] == pytest.approx((33 + 100 + 35 + 37 + 39) / 5)

@@ -201,8 +201,9 @@ def window_summary(points: Sequence[Tuple[float, float]], fraction: float = 0.2,
     the run's final step; default the last logged one). ``None`` when nothing was logged there (a curve that stops
     early, e.g. the entropy of a run whose late steps carried no gradient, is not summarised by an early value).
     ``auc`` = trapezoidal area under the curve over the logged steps (value × steps; 0 for a single point),
-    ``mean`` = auc / (last logged step - first) (the step-weighted mean; the value itself for one point).
-    Non-finite values are dropped; points are sorted by step."""
+    ``mean`` = auc / (last logged step - first) (the step-weighted mean; the value itself for one point);
+    ``first_logged_step`` / ``last_logged_step`` = the curve's own extent (``last_logged_step`` < ``last_step``
+    when the curve stops early). Non-finite values are dropped; points are sorted by step."""
     pts = sorted((float(s), float(v)) for s, v in points if v is not None and math.isfinite(v))
     if not pts:
         return {"tail_mean": None, "auc": None, "mean": None, "n_points": 0, "tail_points": 0}
@@ -214,7 +215,7 @@ def window_summary(points: Sequence[Tuple[float, float]], fraction: float = 0.2,
     span = float(steps[-1] - steps[0])
     return {"tail_mean": float(tail.mean()) if tail.size else None, "auc": auc,
             "mean": auc / span if span > 0 else float(vals[0]), "n_points": len(pts), "tail_points": int(tail.size),
-            "first_step": float(steps[0]), "last_step": float(steps[-1])}
+            "first_logged_step": float(steps[0]), "last_logged_step": float(steps[-1])}
 
 
 # ------------------------------------------------------------------------------------------------ hypervolume
