@@ -85,10 +85,28 @@ def test_dra_discounts_redundant_completions_before_group_normalisation():
     assert out.tolist() == pytest.approx(expected.tolist(), rel=1e-6)
     assert log["sequence_weighting/dra/mean"] == pytest.approx([sum(DRA_GROUP) / 8], rel=1e-6)
     assert log["sequence_weighting/dra/min"] == pytest.approx([1 / (3.0 + EPS)], rel=1e-6)
+    # within-group spread: group 0's four factors (population std / mean), group 1's equal factors give 0
+    g0 = [1 / 2.6, 1 / 2.6, 1 / 3.0, 1 / 1.8]
+    m0 = sum(g0) / 4
+    cv0 = math.sqrt(sum((x - m0) ** 2 for x in g0) / 4) / m0
+    assert log["sequence_weighting/dra/group_cv"] == pytest.approx([(cv0 + 0.0) / 2], rel=1e-5)
     # same reward 1 in group 0: after the group baseline the distinct completion leads, the most redundant trails
     adv = group_advantages(out, 4)
     assert adv[3] > adv[0] > adv[2] and adv[0] == pytest.approx(adv[1].item(), abs=1e-6)
     assert torch.equal(group_advantages(rewards, 4)[:4], torch.zeros(4))  # without DRA: all 0
+
+
+def test_dra_group_cv_is_zero_when_every_completion_embeds_alike():
+    # 4 identical completions per group: every factor is 1/(4 + eps), a group-uniform scale that std-scaled group
+    # advantages cancel -- the logged CV says DRA does not act
+    log = {}
+    dra = build_strategy("sequence", "dra")
+    ctx = _ctx(8, 4, log, rewards_N=torch.tensor([1.0, 0, 1, 0, 1, 1, 0, 0]),
+               embed_completions=lambda: torch.ones(8, 3))
+    out = dra.reshape_rewards(ctx)
+    assert log["sequence_weighting/dra/group_cv"] == pytest.approx([0.0], abs=1e-7)
+    # equal up to the std epsilon of group_advantages (1e-4 against a std of 0.14 instead of 0.58)
+    assert torch.allclose(group_advantages(out, 4), group_advantages(ctx.rewards_N, 4), atol=1e-3)
 
 
 def test_dra_scope_process_compares_every_completion_of_a_process():

@@ -140,8 +140,11 @@ class DiversityRewardAdjustment(Strategy):
     strategy): ``w = dra_weights(ctx.embed_completions(), group_ids)`` over the ``N`` rows of all processes, with
     ``group_ids = row // group_size`` (``scope: group``) or ``row // (N / num_processes)`` (``scope: process``, the
     official per-device similarity); returns ``ctx.rewards_N * w`` (rows whose reward is NaN stay NaN). Logs
-    ``sequence_weighting/dra/mean`` and ``sequence_weighting/dra/min`` (over the ``N`` factors). The trainer
-    recomputes the group advantages from the returned reward.
+    ``sequence_weighting/dra/mean`` and ``sequence_weighting/dra/min`` (over the ``N`` factors) and
+    ``sequence_weighting/dra/group_cv``, the mean over comparison sets of std(w) / mean(w) (population std): a factor
+    that is uniform within a group cancels in std-scaled group advantages (``scale_rewards: group``), so a CV near 0
+    means DRA barely changes the update (e.g. completions that all embed alike). The trainer recomputes the group
+    advantages from the returned reward.
     """
 
     Config = DRAConfig
@@ -177,4 +180,14 @@ class DiversityRewardAdjustment(Strategy):
         w = w.to(rewards.device, rewards.dtype)
         ctx.log("sequence_weighting/dra/mean", float(w.mean()))
         ctx.log("sequence_weighting/dra/min", float(w.min()))
+        ctx.log("sequence_weighting/dra/group_cv", _mean_group_cv(w, group_ids.to(w.device)))
         return rewards * w
+
+
+def _mean_group_cv(w_N: torch.Tensor, group_ids_N: torch.Tensor) -> float:
+    """Mean over the ids of std(w) / mean(w) within each id (population std; 0 for a singleton)."""
+    cvs = []
+    for g in torch.unique(group_ids_N):
+        w_g = w_N[group_ids_N == g].double()
+        cvs.append(float(w_g.std(unbiased=False) / w_g.mean()) if w_g.numel() > 1 else 0.0)
+    return sum(cvs) / len(cvs) if cvs else 0.0
