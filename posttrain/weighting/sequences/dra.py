@@ -151,8 +151,8 @@ class DiversityRewardAdjustment(Strategy):
     cite = ("DRA-GRPO, Chen et al., arXiv 2505.09655, Sec. 3 (R~ = R / (1 + SMI), graph-cut SMI); "
             "xiwenc1/DRA-GRPO src/open_r1/trl/trainer/grpo_trainer.py::GRPOTrainer._prepare_inputs")
 
-    def group_ids(self, num_rows: int, ctx: RolloutContext, device=None) -> torch.Tensor:
-        """``[N]`` ids of the rows whose completions are compared with each other (see ``scope``)."""
+    def set_size(self, num_rows: int, ctx: RolloutContext) -> int:
+        """How many consecutive rows form one comparison set (see ``scope``)."""
         if self.config.scope == "group":
             per = int(ctx.group_size)
         else:
@@ -163,7 +163,11 @@ class DiversityRewardAdjustment(Strategy):
             per = num_rows // processes
         if per < 1:
             raise StrategyError(f"dra: cannot form comparison sets of {per} rows")
-        return torch.arange(num_rows, device=device) // per
+        return per
+
+    def group_ids(self, num_rows: int, ctx: RolloutContext, device=None) -> torch.Tensor:
+        """``[N]`` ids of the rows whose completions are compared with each other (see ``scope``)."""
+        return torch.arange(num_rows, device=device) // self.set_size(num_rows, ctx)
 
     def reshape_rewards(self, ctx: RolloutContext) -> Optional[torch.Tensor]:
         if ctx.mode != "train":
@@ -180,14 +184,12 @@ class DiversityRewardAdjustment(Strategy):
         w = w.to(rewards.device, rewards.dtype)
         ctx.log("sequence_weighting/dra/mean", float(w.mean()))
         ctx.log("sequence_weighting/dra/min", float(w.min()))
-        ctx.log("sequence_weighting/dra/group_cv", _mean_group_cv(w, group_ids.to(w.device)))
+        ctx.log("sequence_weighting/dra/group_cv", _mean_group_cv(w, self.set_size(w.shape[0], ctx)))
         return rewards * w
 
 
-def _mean_group_cv(w_N: torch.Tensor, group_ids_N: torch.Tensor) -> float:
-    """Mean over the ids of std(w) / mean(w) within each id (population std; 0 for a singleton)."""
-    cvs = []
-    for g in torch.unique(group_ids_N):
-        w_g = w_N[group_ids_N == g].double()
-        cvs.append(float(w_g.std(unbiased=False) / w_g.mean()) if w_g.numel() > 1 else 0.0)
-    return sum(cvs) / len(cvs) if cvs else 0.0
+def _mean_group_cv(w_N: torch.Tensor, set_size: int) -> float:
+    """Mean over the comparison sets (``set_size`` consecutive rows each) of std(w) / mean(w), population std
+    (0 for sets of one row); one reduction, one host sync."""
+    W = w_N.detach().double().reshape(-1, set_size)
+    return float((W.std(dim=1, unbiased=False) / W.mean(dim=1)).mean())
