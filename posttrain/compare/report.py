@@ -332,7 +332,7 @@ def render_markdown(plan: Plan, a: Dict, png_name: Optional[str]) -> str:
                 continue
             L.append(f"| {arm} − {spec.baseline} | {m} | {_signed(d['diff'], m)} [{_f(d['lo'], m)}, {_f(d['hi'], m)}]"
                      f" | {d['method']} | {_n_desc(d)} | {_f(d['mde'], m)} | {d['reading']} | "
-                     f"{_t_cell(dict(d['paired_t'], mean=d['paired_t']['diff']), m)} |")
+                     f"{_t_cell(d['paired_t'], m, centre='diff')} |")
     if a.get("gains_over_initial"):
         L += ["", "## Gain over the initial model", "",
               "The initial model (LoRA starts at it: the same for every arm and seed) evaluated once, per item "
@@ -391,11 +391,12 @@ def _hypervolume_lines(hv: Dict) -> List[str]:
     return L
 
 
-def _t_cell(t: Dict, metric: str) -> str:
-    """``mean [lo, hi]`` of a t interval over seeds (``n/a`` with one seed)."""
+def _t_cell(t: Dict, metric: str, centre: str = "mean") -> str:
+    """``centre [lo, hi]`` of a t interval over seeds (``n/a`` with one seed). ``centre`` names the point estimate's
+    key: ``mean`` for ``stats.mean_ci_t``, ``diff`` for ``stats.paired_t``."""
     if t.get("lo") is None:
         return "n/a"
-    return f"{_signed(t['mean'], metric)} [{_f(t['lo'], metric)}, {_f(t['hi'], metric)}]"
+    return f"{_signed(t[centre], metric)} [{_f(t['lo'], metric)}, {_f(t['hi'], metric)}]"
 
 
 def _n_desc(d: Dict) -> str:
