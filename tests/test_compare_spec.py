@@ -45,6 +45,10 @@ def test_plan_lists_arm_by_seed_runs_with_the_harness_overrides(tmp_path):
     # the key ignores output.* and model.threads
     same = dict(r.resolved, output={"dir": "/elsewhere"}, model=dict(r.resolved["model"], threads=7))
     assert recipe_key(same) == r.key
+    # ... and the checkpoint cadence (resume is exact), but not a setting that changes training
+    ckpt = dict(r.resolved, train=dict(r.resolved["train"], save_steps=5, save_strategy="steps", save_total_limit=1))
+    assert recipe_key(ckpt) == r.key
+    assert recipe_key(dict(r.resolved, train=dict(r.resolved["train"], max_steps=3))) != r.key
     assert plan.out_dir == plan.runs_dir and plan.report_name == "t"
 
 

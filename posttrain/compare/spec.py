@@ -22,8 +22,11 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 # Overrides the harness sets itself for every run; a spec may not set them.
 RESERVED = {"seed": "seeds", "output.dir": "runs_dir", "output.overwrite": "(always true)",
             "model.threads": "threads"}
-# Keys of the resolved recipe that do not change a run's result: ignored by the reuse key.
-IGNORED_FOR_REUSE = ("output", "model.threads", "description")
+# Keys of the resolved recipe that do not change a run's result: ignored by the reuse key. The checkpoint cadence is
+# among them (resume is exact: tests/test_reliability.py), so a spec may add train.save_steps to make long runs
+# resumable mid-run without invalidating the runs it already finished.
+IGNORED_FOR_REUSE = ("output", "model.threads", "description", "train.save_steps", "train.save_strategy",
+                     "train.save_total_limit")
 EVAL_METRICS = ("accuracy", "mean_score", "truncated_fraction")
 
 
@@ -225,8 +228,8 @@ def strip_ignored(d: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def recipe_key(resolved: Dict[str, Any]) -> str:
-    """The reuse key of a run: sha256 of its resolved recipe without ``output.*``, ``model.threads`` and
-    ``description``."""
+    """The reuse key of a run: sha256 of its resolved recipe without ``output.*``, ``model.threads``,
+    ``description`` and the checkpoint cadence (``train.save_steps`` / ``save_strategy`` / ``save_total_limit``)."""
     blob = json.dumps(strip_ignored(resolved), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
