@@ -186,6 +186,27 @@ def test_ci_containing_zero_is_worded_as_no_detectable_difference(spec_path, tmp
     assert b["reading"].startswith("lower than the baseline by 0.100")
 
 
+def test_bootstrap_that_excludes_0_while_the_t_over_seeds_does_not_is_inconclusive(spec_path, tmp_path):
+    """Per-item scores constant within a run: the bootstrap's item level adds no noise and every resample of the
+    3 seeds keeps a positive mean (min 0.01), while the t over the seed differences (+0.01, +0.01, +0.3:
+    mean 0.107, half-width t(0.975, 2) * sd / sqrt 3 = 0.415) contains 0."""
+    plan = make_plan(spec_path, runs_dir=tmp_path / "runs")
+    for r in plan.runs:
+        r.status = "ok"
+        r.out.mkdir(parents=True)
+        acc = {"plain": 0.5, "steer": 0.5 + (0.01, 0.01, 0.3)[r.seed], "broken": 0.4}[r.arm]
+        (r.out / "summary.json").write_text(json.dumps(
+            {"eval": {"after": {"accuracy": acc, "mean_score": acc, "n": 20, "truncated_fraction": 0.0,
+                                "item_scores": [acc] * 20}}, "train_seconds": 1.0, "global_step": 2}))
+    d = _report(plan)["differences"]["steer"]["mean_score"]
+    assert d["method"].startswith("paired bootstrap") and d["lo"] == pytest.approx(0.01) and d["hi"] > 0.2
+    assert d["paired_t"]["lo"] < 0 < d["paired_t"]["hi"]
+    assert d["reading"].startswith("inconclusive: +0.107, bootstrap [0.010, ")
+    assert d["reading"].endswith(f"does not (MDE {d['mde']:.3f})")
+    # every seed lower by the same 0.1: both intervals exclude 0 -> "lower"
+    assert _report(plan)["differences"]["broken"]["mean_score"]["reading"].startswith("lower than the baseline by 0.100")
+
+
 PASSK = r"""
 import json, pathlib, sys
 out, seed, arm = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

@@ -119,6 +119,13 @@ def test_wording_follows_the_numbers():
     assert stats.describe(-0.1, -0.15, -0.05, 0.08).startswith("lower than the baseline by 0.100")
     assert stats.describe(0.1, None, None, None, n_seeds=1) == "no interval (n = 1 seed)"
     assert stats.describe(None, None, None, None).startswith("n/a")
+    # the bootstrap excludes 0, the t over seeds does not: neither higher nor lower
+    both = stats.describe(0.152, 0.044, 0.260, 0.151, seed_interval=(-0.045, 0.350))
+    assert both == ("inconclusive: +0.152, bootstrap [0.044, 0.260] excludes 0 but the t over seeds "
+                    "[-0.045, 0.350] does not (MDE 0.151)")
+    assert stats.describe(-0.1, -0.15, -0.05, 0.08, seed_interval=(-0.2, -0.01)).startswith("lower than the baseline")
+    # one seed: no t interval, the bootstrap alone decides
+    assert stats.describe(0.1, 0.05, 0.15, 0.08, seed_interval=(None, None)).startswith("higher")
 
 
 def test_hypervolume_summary_by_hand():

@@ -183,7 +183,8 @@ def analyse(plan: Plan, collected: List[Dict]) -> Dict[str, Any]:
                  "seeds": seeds, "paired_t": t, "bootstrap": boot}
             d["mde"] = stats.mde(primary["se"]) if (boot is not None or len(seeds) >= 2) else None
             d["reading"] = stats.describe(d["diff"], d["lo"], d["hi"], d["mde"], fmt=_fmt_of(m),
-                                          n_seeds=len(seeds))
+                                          n_seeds=len(seeds),
+                                          seed_interval=(t["lo"], t["hi"]) if boot is not None else None)
             diffs[arm.name][m] = d
     gains, initial_scores = _gains_over_initial(spec, by_arm, metrics, B)
     hv = None
@@ -230,8 +231,10 @@ def _gains_over_initial(spec, by_arm: Dict[str, List[Dict]], metrics: List[str],
                                          resamples=resamples, seed=0)
             res["mde"] = stats.mde(res["se"])
             res["t_over_seeds"] = stats.mean_ci_t((np.nanmean(X, axis=1) - float(np.nanmean(init[m]))).tolist())
+            t = res["t_over_seeds"]
             res["reading"] = stats.describe(res["diff"], res["lo"], res["hi"], res["mde"], fmt=_fmt_of(m),
-                                            n_seeds=X.shape[0]).replace("the baseline", "the initial model")
+                                            n_seeds=X.shape[0], seed_interval=(t["lo"], t["hi"])
+                                            ).replace("the baseline", "the initial model")
             gains.setdefault(arm.name, {})[m] = res
     return gains, {m: float(np.nanmean(v)) for m, v in init.items()}
 
@@ -244,7 +247,9 @@ STATISTICS_TEXT = (
     "diff ± t(0.975, n−1)·sd(d)/√n. The per-arm interval uses the same rule (bootstrap of the arm's mean, else t). "
     "MDE = (z(0.975) + z(0.8))·se = 2.80·se: the difference a two-sided test at α = 0.05 detects with 80 % power "
     "at this run's seeds and items (normal approximation; se from the primary method: the bootstrap sd, or "
-    "sd(d)/√n). A difference whose interval contains 0 is reported as \"no detectable difference (MDE x)\". "
+    "sd(d)/√n). A difference whose interval contains 0 is reported as \"no detectable difference (MDE x)\"; "
+    "one whose bootstrap interval excludes 0 while the paired t over seeds contains it, as \"inconclusive\" (with "
+    "few seeds the bootstrap over seeds is the narrower of the two). "
     "Logged curves (e.g. entropy) are summarised per run over a window, never one step: <key>_tail_mean = mean "
     "of the points logged in the last {frac:.0%} of the run's steps (n/a when none was: the policy entropy is "
     "logged only on steps whose micro-batches carried gradient), <key>_auc = trapezoidal area under the curve over "
@@ -301,7 +306,7 @@ def render_markdown(plan: Plan, a: Dict, png_name: Optional[str]) -> str:
         if d is None:
             L.append(f"- `{arm}` − `{spec.baseline}`: n/a (no paired finished runs)")
             continue
-        extra = "" if d["reading"].startswith(("higher", "lower")) else (
+        extra = "" if d["reading"].startswith(("higher", "lower", "inconclusive")) else (
             f"; difference {_signed(d['diff'], prim)}, 95 % CI [{_f(d['lo'], prim)}, {_f(d['hi'], prim)}]")
         L.append(f"- `{arm}` − `{spec.baseline}`: {d['reading']}{extra} ({d['method']}, {_n_desc(d)}).")
     L += ["", "## Arms (mean [95 % CI] over seeds)", ""]

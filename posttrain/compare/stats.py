@@ -256,11 +256,16 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 # ----------------------------------------------------------------------------------------------- wording
 def describe(diff: Optional[float], lo: Optional[float], hi: Optional[float], mde_value: Optional[float], *,
-             fmt: str = ".3f", n_seeds: Optional[int] = None) -> str:
+             fmt: str = ".3f", n_seeds: Optional[int] = None,
+             seed_interval: Optional[Tuple[Optional[float], Optional[float]]] = None) -> str:
     """The report's words for one paired difference; they follow the numbers:
 
     * no interval (one seed and no per-item scores): "no interval (n = 1 seed)";
     * the interval contains 0: "no detectable difference (MDE x)";
+    * the interval excludes 0 but ``seed_interval`` (the paired t over seeds, given when the primary interval is the
+      bootstrap) contains 0: "inconclusive: ... " with both intervals. With few seeds the percentile bootstrap over
+      seeds is narrower than the t interval (it resamples S seeds with z-like quantiles where t has S - 1 degrees of
+      freedom), so a difference that does not hold across seeds is not called higher or lower;
     * otherwise "higher than the baseline" / "lower than the baseline" (by ``diff``, interval [lo, hi]).
     """
     if diff is None:
@@ -269,4 +274,8 @@ def describe(diff: Optional[float], lo: Optional[float], hi: Optional[float], md
         return f"no interval (n = {n_seeds} seed{'s' if n_seeds != 1 else ''})" if n_seeds is not None else "no interval"
     if lo <= 0.0 <= hi:
         return "no detectable difference" + (f" (MDE {mde_value:{fmt}})" if mde_value is not None else "")
+    t_lo, t_hi = seed_interval if seed_interval is not None else (None, None)
+    if t_lo is not None and t_hi is not None and t_lo <= 0.0 <= t_hi:
+        return (f"inconclusive: {diff:+{fmt}}, bootstrap [{lo:{fmt}}, {hi:{fmt}}] excludes 0 but the t over seeds "
+                f"[{t_lo:{fmt}}, {t_hi:{fmt}}] does not" + (f" (MDE {mde_value:{fmt}})" if mde_value is not None else ""))
     return f"{'higher' if diff > 0 else 'lower'} than the baseline by {abs(diff):{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
