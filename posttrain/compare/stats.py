@@ -272,10 +272,11 @@ def describe(diff: Optional[float], lo: Optional[float], hi: Optional[float], md
         return "n/a (no paired runs)"
     if lo is None or hi is None:
         return f"no interval (n = {n_seeds} seed{'s' if n_seeds != 1 else ''})" if n_seeds is not None else "no interval"
+    mde_text = f" (MDE {mde_value:{fmt}})" if mde_value is not None else ""
     if lo <= 0.0 <= hi:
-        return "no detectable difference" + (f" (MDE {mde_value:{fmt}})" if mde_value is not None else "")
+        return "no detectable difference" + mde_text
     t_lo, t_hi = seed_interval if seed_interval is not None else (None, None)
     if t_lo is not None and t_hi is not None and t_lo <= 0.0 <= t_hi:
         return (f"inconclusive: {diff:+{fmt}}, bootstrap [{lo:{fmt}}, {hi:{fmt}}] excludes 0 but the t over seeds "
-                f"[{t_lo:{fmt}}, {t_hi:{fmt}}] does not" + (f" (MDE {mde_value:{fmt}})" if mde_value is not None else ""))
+                f"[{t_lo:{fmt}}, {t_hi:{fmt}}] does not" + mde_text)
     return f"{'higher' if diff > 0 else 'lower'} than the baseline by {abs(diff):{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
